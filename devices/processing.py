@@ -1,0 +1,154 @@
+"""Pre- and post-processing in numpy, shared by every backend and by the PyTorch evaluation.
+
+One implementation means every runtime gives the same answer for the same frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from devices.types import DecodeSpec, Detections, InputSpec
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the original frame sits inside the model input: input = original * scale + pad."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_original(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Map xyxy boxes from input pixels back to the original frame, clipped to it."""
+        out = boxes.astype(np.float32, copy=True)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale_x
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale_y
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+        return out
+
+
+def place(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
+    """Resize (and pad) a BGR uint8 frame to the model's input size, keeping uint8 pixels."""
+    h, w = frame.shape[:2]
+    if spec.resize == "stretch":
+        sx, sy = spec.width / w, spec.height / h
+        img = cv2.resize(frame, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR)
+        return img, Placement(sx, sy, 0.0, 0.0)
+    # Letterbox at the top-left corner, as YOLOX trains and exports (its demo pads right/bottom only).
+    r = min(spec.width / w, spec.height / h)
+    nw, nh = round(w * r), round(h * r)
+    img = np.full((spec.height, spec.width, 3), spec.pad_value, np.uint8)
+    img[:nh, :nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return img, Placement(r, r, 0.0, 0.0)
+
+
+def to_tensor(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Turn a placed uint8 BGR image (H, W, 3) into the model's batch-of-one input tensor."""
+    img = placed[:, :, ::-1] if spec.channel_order == "RGB" else placed
+    if spec.dtype == "float32":
+        x = img.astype(np.float32) * spec.scale
+        if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
+            x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    else:
+        # Integer input: quantize the float the model was trained on with the input's scale/zero point.
+        real = img.astype(np.float32) * spec.scale
+        real = (real - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+        info = np.iinfo(np.dtype(spec.dtype))
+        q = np.round(real / spec.quant_scale) + spec.quant_zero_point
+        x = q.clip(info.min, info.max).astype(spec.dtype)
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x[None])
+
+
+def preprocess(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
+    """BGR uint8 frame -> (input tensor with batch dimension, placement to map boxes back)."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected a BGR uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+    placed, placement = place(frame, spec)
+    return to_tensor(placed, spec), placement
+
+
+def _grid(strides: tuple[int, ...], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    cells, cell_strides = [], []
+    for s in strides:
+        gy, gx = np.meshgrid(np.arange(height // s), np.arange(width // s), indexing="ij")
+        cells.append(np.stack([gx, gy], -1).reshape(-1, 2))
+        cell_strides.append(np.full((cells[-1].shape[0], 1), s))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(cell_strides).astype(np.float32)
+
+
+def decode_yolox(raw: np.ndarray, spec: DecodeSpec, width: int, height: int) -> tuple[np.ndarray, ...]:
+    """YOLOX raw output (A, 5 + C) -> boxes xyxy in input pixels, per-class scores (A, C)."""
+    grid, stride = _grid(spec.strides, width, height)
+    if raw.shape[0] != grid.shape[0]:
+        raise ValueError(f"YOLOX output has {raw.shape[0]} anchors, expected {grid.shape[0]} for {width}x{height}")
+    xy = (raw[:, :2] + grid) * stride
+    wh = np.exp(np.minimum(raw[:, 2:4], 10.0)) * stride
+    boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
+    scores = raw[:, 4:5] * raw[:, 5 : 5 + spec.num_classes]
+    return boxes, scores
+
+
+def decode_fastestdet(raw: np.ndarray, spec: DecodeSpec, width: int, height: int) -> tuple[np.ndarray, ...]:
+    """FastestDet raw output (5 + C, H, W) -> boxes xyxy in input pixels, per-class scores (H*W, C).
+
+    Box centres are offsets within the cell (tanh), sizes are fractions of the whole input (sigmoid),
+    as in the authors' runtime example.
+    """
+    c, gh, gw = raw.shape
+    flat = raw.reshape(c, -1).T
+    gy, gx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    cx = (gx.reshape(-1) + np.tanh(flat[:, 1])) / gw * width
+    cy = (gy.reshape(-1) + np.tanh(flat[:, 2])) / gh * height
+    bw = 1.0 / (1.0 + np.exp(-flat[:, 3])) * width
+    bh = 1.0 / (1.0 + np.exp(-flat[:, 4])) * height
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+    obj = np.clip(flat[:, 0:1], 0.0, 1.0)
+    cls = np.clip(flat[:, 5 : 5 + spec.num_classes], 0.0, 1.0)
+    return boxes, (obj**0.6) * (cls**0.4)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
+        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
+        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, np.int64)
+
+
+_DECODERS = {"yolox": decode_yolox, "fastestdet": decode_fastestdet}
+
+
+def postprocess(
+    raw: np.ndarray, decode: DecodeSpec, spec: InputSpec, placement: Placement, frame_shape: tuple[int, ...]
+) -> Detections:
+    """Raw output of one image (batch dimension removed) -> detections in original-frame pixels."""
+    boxes, scores = _DECODERS[decode.kind](raw.astype(np.float32), decode, spec.width, spec.height)
+    # One candidate per (anchor, class) above threshold: a box may count for both classes, as in
+    # YOLOX's and pycocotools' own per-class evaluation.
+    anchor, cls = np.nonzero(scores >= decode.score_threshold)
+    if anchor.size == 0:
+        return Detections.empty()
+    boxes, scores = boxes[anchor], scores[anchor, cls]
+    # Class-aware NMS by offsetting each class's boxes far apart.
+    offset = cls[:, None].astype(np.float32) * (max(spec.width, spec.height) * 4.0)
+    keep = nms(boxes + offset, scores, decode.nms_iou)[: decode.max_detections]
+    out = placement.to_original(boxes[keep], frame_shape[1], frame_shape[0])
+    return Detections(out, scores[keep].astype(np.float32), cls[keep].astype(np.int64))

@@ -1,0 +1,60 @@
+"""What every architecture in ``models/`` provides, and the pretrained-weights record.
+
+A model is an ``nn.Module`` with:
+
+- ``spec`` (``devices.types.ModelSpec``): input preprocessing, decode rule and labels;
+- ``logits(x)``: pre-activation output, what the training loss consumes;
+- ``forward(x)``: the raw output contract that ONNX/TFLite exports carry and ``devices.processing``
+  decodes (``activate(logits(x))``).
+
+The preprocessing travels with the weights record, as torchvision's ``Weights`` and timm's
+``PretrainedCfg`` do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devices.types import DecodeSpec, InputSpec
+from models.hub import RemoteFile
+
+#: The task's classes, in output order, and the COCO-80 row each is initialised from.
+TARGET_CLASSES: tuple[str, ...] = ("pedestrian", "stop_sign")
+COCO_ROWS: dict[str, int] = {"pedestrian": 0, "stop_sign": 11}
+
+COCO80: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
+    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv",
+    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A pretrained file and everything needed to use it correctly.
+
+    Attributes:
+        name: Identifier, e.g. ``yolox-nano-coco``.
+        file: Upstream location, sha256 and mirror path of the weights.
+        license: SPDX identifier of the weights' licence.
+        license_file: Upstream licence text, shipped beside any redistributed derivative.
+        categories: Class names of the pretrained head, in output order.
+        input: Preprocessing the weights were trained with.
+        decode: Output decode rule of the pretrained head.
+        source_note: Where the file really comes from, as recorded when mirrored.
+    """
+
+    name: str
+    file: RemoteFile
+    license: str
+    license_file: RemoteFile | None
+    categories: tuple[str, ...]
+    input: InputSpec
+    decode: DecodeSpec
+    source_note: str = ""

@@ -1,0 +1,1 @@
+"""The workstation pipeline and the click CLI: ingest, train, evaluate, export, quantize, bundle, bench."""

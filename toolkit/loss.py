@@ -1,0 +1,222 @@
+"""Detection loss for fine-tuning, shared by both architectures, with distillation from the COCO teacher.
+
+Each architecture's raw logits are first read into one form (``Dense``): one candidate box per anchor
+in input pixels, an objectness logit and class logits. The assignment (YOLOX's SimOTA: centre prior,
+then a dynamic top-k by cost, Ge et al. 2021, arXiv:2107.08430) and the losses then work the same for
+YOLOX-Nano's three grids and FastestDet's single grid.
+
+Distillation keeps what COCO taught: on every anchor the student's objectness and class outputs are
+pulled toward the frozen pretrained model's (Hinton et al. 2015), weighted by the teacher's confidence,
+so that people the labels miss are not learnt as background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
+
+from devices.types import DecodeSpec
+
+
+@dataclass
+class Dense:
+    """Per-anchor predictions of a batch: boxes (B, A, 4) xyxy input px, obj (B, A), cls (B, A, K) logits."""
+
+    boxes: torch.Tensor
+    obj: torch.Tensor
+    cls: torch.Tensor
+    centres: torch.Tensor  # (A, 2) anchor centres in input px
+    strides: torch.Tensor  # (A,)
+    softmax: bool  # classes are a softmax over K rows (FastestDet) rather than independent sigmoids
+
+
+def _grid(strides: tuple[int, ...], width: int, height: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    cells, cell_strides = [], []
+    for s in strides:
+        gy, gx = torch.meshgrid(
+            torch.arange(height // s, device=device), torch.arange(width // s, device=device), indexing="ij"
+        )
+        cells.append(torch.stack([gx, gy], -1).reshape(-1, 2).float())
+        cell_strides.append(torch.full((cells[-1].shape[0],), float(s), device=device))
+    return torch.cat(cells), torch.cat(cell_strides)
+
+
+def read_dense(logits: torch.Tensor, decode: DecodeSpec, width: int, height: int) -> Dense:
+    """Turn an architecture's pre-activation output into per-anchor candidates (same rule as devices/)."""
+    if decode.kind == "yolox":
+        grid, stride = _grid(decode.strides, width, height, logits.device)
+        xy = (logits[..., :2] + grid) * stride[:, None]
+        wh = torch.exp(logits[..., 2:4].clamp(max=10.0)) * stride[:, None]
+        boxes = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+        return Dense(boxes, logits[..., 4], logits[..., 5:], (grid + 0.5) * stride[:, None], stride, False)
+    # FastestDet: (B, 5 + K, H, W); centre offset tanh within the cell, size sigmoid of the whole input.
+    b, c, gh, gw = logits.shape
+    flat = logits.reshape(b, c, gh * gw).transpose(1, 2)
+    grid, stride = _grid((height // gh,), width, height, logits.device)
+    cx = (grid[:, 0] + torch.tanh(flat[..., 1])) / gw * width
+    cy = (grid[:, 1] + torch.tanh(flat[..., 2])) / gh * height
+    bw = torch.sigmoid(flat[..., 3]) * width
+    bh = torch.sigmoid(flat[..., 4]) * height
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+    return Dense(boxes, flat[..., 0], flat[..., 5:], (grid + 0.5) * stride[:, None], stride, True)
+
+
+def class_probs(dense: Dense, num_classes: int) -> torch.Tensor:
+    """Probabilities of the first ``num_classes`` classes (softmax over all rows where the head has one)."""
+    if dense.softmax:
+        return dense.cls.softmax(-1)[..., :num_classes]
+    return dense.cls[..., :num_classes].sigmoid()
+
+
+@torch.no_grad()
+def simota_assign(
+    boxes: torch.Tensor,
+    obj: torch.Tensor,
+    probs: torch.Tensor,
+    centres: torch.Tensor,
+    strides: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    radius: float = 2.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign anchors of one image to ground-truth boxes.
+
+    Returns:
+        fg: (A,) bool, anchors that learn a box;
+        matched: (A,) index of the assigned GT for foreground anchors;
+        iou: (A,) IoU of the anchor's prediction with its GT (the soft class target).
+    """
+    a = boxes.shape[0]
+    fg = torch.zeros(a, dtype=torch.bool, device=boxes.device)
+    matched = torch.zeros(a, dtype=torch.long, device=boxes.device)
+    ious_out = torch.zeros(a, device=boxes.device)
+    if gt_boxes.shape[0] == 0:
+        return fg, matched, ious_out
+    # Centre prior: anchors whose centre lies in the box or within `radius` strides of its centre.
+    cx, cy = centres[:, 0:1], centres[:, 1:2]
+    inside_box = (cx > gt_boxes[:, 0]) & (cx < gt_boxes[:, 2]) & (cy > gt_boxes[:, 1]) & (cy < gt_boxes[:, 3])
+    gcx, gcy = (gt_boxes[:, 0] + gt_boxes[:, 2]) / 2, (gt_boxes[:, 1] + gt_boxes[:, 3]) / 2
+    r = radius * strides[:, None]
+    inside_centre = ((cx - gcx).abs() < r) & ((cy - gcy).abs() < r)
+    candidate = (inside_box | inside_centre).T  # (G, A)
+    any_candidate = candidate.any(0)
+    if not any_candidate.any():
+        return fg, matched, ious_out
+    idx = any_candidate.nonzero().squeeze(1)
+    iou = box_iou(gt_boxes, boxes[idx])  # (G, a')
+    score = (obj[idx, None].sigmoid() * probs[idx]).clamp(1e-6, 1 - 1e-6)  # (a', C)
+    cls_cost = -torch.log(score[:, gt_labels].T)  # (G, a')
+    # As in YOLOX, anchors inside both the box and the centre region are strongly preferred.
+    in_both = (inside_box & inside_centre).T[:, idx]
+    cost = cls_cost + 3.0 * -torch.log(iou + 1e-8) + 1e5 * (~in_both).float()
+    # Dynamic k: each GT takes as many anchors as the sum of its top-10 IoUs (at least one).
+    topk = iou.topk(min(10, iou.shape[1]), dim=1).values
+    ks = topk.sum(1).int().clamp(min=1)
+    assign = torch.zeros_like(cost, dtype=torch.bool)
+    for g in range(gt_boxes.shape[0]):
+        assign[g, cost[g].topk(int(ks[g]), largest=False).indices] = True
+    # An anchor claimed by several GTs keeps the cheapest.
+    multi = assign.sum(0) > 1
+    if multi.any():
+        best = cost[:, multi].argmin(0)
+        assign[:, multi] = False
+        assign[best, multi.nonzero().squeeze(1)] = True
+    pos = assign.any(0)
+    fg[idx[pos]] = True
+    matched[idx[pos]] = assign[:, pos].float().argmax(0)
+    ious_out[idx[pos]] = iou[matched[idx[pos]], pos]
+    return fg, matched, ious_out
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - generalised IoU of matched xyxy boxes (Rezatofighi et al. 2019)."""
+    lt = torch.max(pred[:, :2], target[:, :2])
+    rb = torch.min(pred[:, 2:], target[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_p = (pred[:, 2:] - pred[:, :2]).clamp(min=0).prod(1)
+    area_t = (target[:, 2:] - target[:, :2]).clamp(min=0).prod(1)
+    union = area_p + area_t - inter + 1e-7
+    iou = inter / union
+    hull_wh = torch.max(pred[:, 2:], target[:, 2:]) - torch.min(pred[:, :2], target[:, :2])
+    hull = hull_wh.clamp(min=0).prod(1)
+    return 1 - iou + (hull - union) / (hull + 1e-7)
+
+
+def _soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def detection_loss(
+    student: Dense,
+    targets: list[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    teacher: Dense | None = None,
+    teacher_class_rows: torch.Tensor | None = None,
+    distill_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Loss of a batch.
+
+    Args:
+        student: The model being trained.
+        targets: Per image (boxes (G, 4) xyxy input px, labels (G,)), ground truth plus pseudo-labels.
+        num_classes: Target classes (the first rows of ``student.cls``).
+        teacher: The frozen COCO model's output on the same batch, for distillation.
+        teacher_class_rows: Row indices into the teacher's classes matching every student class row
+            (for a softmax head this includes the kept "other" rows).
+        distill_weight: Weight of the distillation terms.
+    """
+    probs = class_probs(student, num_classes).detach()
+    device = student.obj.device
+    n_fg, box_l, cls_l = 0, student.obj.new_zeros(()), student.obj.new_zeros(())
+    obj_target = torch.zeros_like(student.obj)
+    for i, (gt_boxes, gt_labels) in enumerate(targets):
+        gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
+        fg, matched, iou = simota_assign(
+            student.boxes[i].detach(), student.obj[i].detach(), probs[i], student.centres, student.strides,
+            gt_boxes, gt_labels,
+        )
+        if not fg.any():
+            continue
+        n_fg += int(fg.sum())
+        obj_target[i, fg] = 1.0
+        box_l = box_l + giou_loss(student.boxes[i, fg], gt_boxes[matched[fg]]).sum()
+        labels = gt_labels[matched[fg]]
+        if student.softmax:
+            cls_l = cls_l + F.cross_entropy(student.cls[i, fg], labels, reduction="sum")
+        else:
+            # IoU-aware soft targets as in YOLOX: the class score also ranks localisation quality.
+            cls_t = torch.zeros_like(student.cls[i, fg])
+            cls_t[torch.arange(labels.shape[0]), labels] = iou[fg]
+            cls_l = cls_l + _soft_bce(student.cls[i, fg], cls_t).sum()
+    norm = max(n_fg, 1)
+    out = {
+        "box": 5.0 * box_l / norm,
+        "obj": _soft_bce(student.obj, obj_target).sum() / norm,
+        "cls": cls_l / norm,
+    }
+    if teacher is not None and distill_weight > 0:
+        out["distill"] = distill_weight * _distill(student, teacher, teacher_class_rows, obj_target) / norm
+    out["total"] = sum(out.values())
+    return out
+
+
+def _distill(student: Dense, teacher: Dense, rows: torch.Tensor, obj_target: torch.Tensor) -> torch.Tensor:
+    """Pull the student's objectness and classes toward the teacher's where no label says otherwise."""
+    t_obj = teacher.obj.sigmoid()
+    # Where a (pseudo-)label assigned an anchor, the label wins; elsewhere the teacher's objectness is
+    # the target, so unlabelled people stay objects instead of becoming background.
+    free = obj_target == 0
+    obj_term = (_soft_bce(student.obj, t_obj) * free).sum()
+    if student.softmax:
+        t_cls = teacher.cls.softmax(-1)[..., rows]
+        t_cls = t_cls / t_cls.sum(-1, keepdim=True).clamp(min=1e-6)
+        kl = (t_cls * (t_cls.clamp(min=1e-8).log() - student.cls.log_softmax(-1))).sum(-1)
+    else:
+        t_cls = teacher.cls[..., rows].sigmoid()
+        kl = _soft_bce(student.cls, t_cls).sum(-1)
+    # Class knowledge matters where the teacher sees an object.
+    cls_term = (kl * t_obj).sum()
+    return obj_term + cls_term
