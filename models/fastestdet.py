@@ -72,9 +72,7 @@ _STAGE_REPEATS = (4, 8, 4)
 _STAGE_CHANNELS = (24, 48, 96, 192)  # stem, stage2, stage3, stage4 of ShuffleNetV2 0.5x
 _CLS_HEAD = "detect_head.cls_layers.conv5x5"
 # Per-class tensors of the last classification conv and its batch norm: what a class reordering touches.
-_CLS_ROW_KEYS = tuple(
-    f"{_CLS_HEAD}.{k}" for k in ("3.weight", "4.weight", "4.bias", "4.running_mean", "4.running_var")
-)
+_CLS_ROW_KEYS = tuple(f"{_CLS_HEAD}.{k}" for k in ("3.weight", "4.weight", "4.bias", "4.running_mean", "4.running_var"))
 
 
 def _conv_bn(
@@ -124,7 +122,9 @@ class ShuffleNetV2Backbone(nn.Module):
         self.first_conv = nn.Sequential(*_conv_bn(3, _STAGE_CHANNELS[0], 3, 2))
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         cin = _STAGE_CHANNELS[0]
-        for name, repeats, cout in zip(("stage2", "stage3", "stage4"), _STAGE_REPEATS, _STAGE_CHANNELS[1:]):
+        for name, repeats, cout in zip(
+            ("stage2", "stage3", "stage4"), _STAGE_REPEATS, _STAGE_CHANNELS[1:], strict=True
+        ):
             blocks = [ShuffleBlock(cin if i == 0 else cout, cout, 2 if i == 0 else 1) for i in range(repeats)]
             setattr(self, name, nn.Sequential(*blocks))
             cin = cout

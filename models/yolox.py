@@ -339,12 +339,13 @@ def _onnx_convs(onnx_path: Path) -> list[dict]:
     from google.protobuf.message import DecodeError
     from onnx import numpy_helper
 
+    if not onnx_path.is_file():
+        raise ModelFileError(f"ONNX file not found: {onnx_path}", "check the path, or use models.hub.resolve")
     try:
         graph = onnx.load(str(onnx_path)).graph
     except (OSError, DecodeError, ValueError) as exc:
-        size = onnx_path.stat().st_size if onnx_path.is_file() else "missing"
         raise ModelFileError(
-            f"cannot read ONNX file {onnx_path} ({size} bytes): {exc}",
+            f"cannot read ONNX file {onnx_path} ({onnx_path.stat().st_size} bytes): {exc}",
             "the file is truncated or corrupt: fetch it again (its sha256 is in models.yolox.YOLOX_NANO_COCO)",
         ) from exc
     inits = {t.name: t for t in graph.initializer}
@@ -432,6 +433,14 @@ def import_onnx_weights(model: YOLOX, onnx_path: str | os.PathLike, class_rows: 
             "give one source row per model class",
         )
     _check_match(onnx_path, targets, convs, class_rows)
+    file_classes = min(
+        src["weight"].shape[0] for (name, _), src in zip(targets, convs, strict=True) if ".cls_preds." in name
+    )
+    if class_rows is not None and not all(0 <= r < file_classes for r in class_rows):
+        raise ConfigError(
+            f"class_rows {list(class_rows)} out of range for the file's {file_classes} classes",
+            f"use rows in 0..{file_classes - 1}",
+        )
 
     # Write: folded pairs into conv + identity BN, plain prediction convs directly.
     parents = {m.conv: m for m in model.modules() if isinstance(m, BaseConv)}
@@ -439,11 +448,6 @@ def import_onnx_weights(model: YOLOX, onnx_path: str | os.PathLike, class_rows: 
         for (name, conv), src in zip(targets, convs, strict=True):
             weight, bias = torch.from_numpy(src["weight"].copy()), torch.from_numpy(src["bias"].copy())
             if class_rows is not None and ".cls_preds." in name:
-                if max(class_rows) >= weight.shape[0] or min(class_rows) < 0:
-                    raise ConfigError(
-                        f"class_rows {list(class_rows)} out of range for the file's {weight.shape[0]} classes",
-                        f"use rows in 0..{weight.shape[0] - 1}",
-                    )
                 rows = torch.as_tensor(list(class_rows))
                 weight, bias = weight[rows], bias[rows]
             conv.weight.copy_(weight)

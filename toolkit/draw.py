@@ -59,7 +59,7 @@ def draw_detections(
             continue
         cls = int(detections.class_ids[i])
         colour = class_colour(cls)
-        x1, y1, x2, y2 = (int(round(v)) for v in detections.boxes[i])
+        x1, y1, x2, y2 = np.rint(detections.boxes[i]).astype(int).tolist()
         x1, x2 = sorted((min(max(x1, 0), w - 1), min(max(x2, 0), w - 1)))
         y1, y2 = sorted((min(max(y1, 0), h - 1), min(max(y2, 0), h - 1)))
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)

@@ -375,7 +375,7 @@ def save_pr_curve(ev: Any | None, classes: Sequence[ClassResult], path: Path) ->
         ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower left")
+            ax.legend(loc="best")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

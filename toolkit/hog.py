@@ -58,6 +58,11 @@ class HogPeopleDetector:
         win_stride: Window step in pixels (a multiple of the 8 px block stride).
         padding: Border added around the image so windows can reach its edges.
         scale: Step between pyramid levels.
+        border: Replicated border added on every side, as a fraction of the image height, before
+            detection. OpenCV's pyramid stops when the image shrinks below the window, and the window
+            holds the person with a 12.5 % margin above and below: without a border, a person taller
+            than about 75 % of the frame (a pedestrian close to the camera) can never be found.
+            Measured on coco128 val: the border is what lets HOG find the large people at all.
         upscale_to: When the image's longer side is shorter than this, enlarge it to this length first,
             so that people shorter than the 128 px window (most people in phone photos and COCO) can
             be found; 0 turns it off. Images smaller than the window are always enlarged to fit it.
@@ -74,6 +79,7 @@ class HogPeopleDetector:
         win_stride: tuple[int, int] = (8, 8),
         padding: tuple[int, int] = (8, 8),
         scale: float = 1.05,
+        border: float = 0.2,
         upscale_to: int = 0,
         hit_threshold: float = -0.5,
         nms_iou: float = 0.45,
@@ -89,6 +95,9 @@ class HogPeopleDetector:
         self.win_stride = tuple(win_stride)
         self.padding = tuple(padding)
         self.scale = scale
+        if not 0.0 <= border <= 1.0:
+            raise ConfigError(f"HOG border must be a fraction of the height in [0, 1], got {border}", "use 0.2")
+        self.border = border
         self.upscale_to = upscale_to
         self.hit_threshold = hit_threshold
         self.nms_iou = nms_iou
@@ -112,6 +121,10 @@ class HogPeopleDetector:
         img = image_bgr
         if factor > 1.0:
             img = cv2.resize(image_bgr, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_LINEAR)
+        # Replicated pixels have no gradient across the edge, so the border adds no false edges.
+        pad = round(self.border * img.shape[0])
+        if pad:
+            img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
 
         # Raw windows, no OpenCV grouping: its groupRectangles drops the weights that rank detections.
         rects, weights = self._hog.detectMultiScale(
@@ -126,7 +139,7 @@ class HogPeopleDetector:
             return Detections.empty()
         rects = np.asarray(rects, np.float32).reshape(-1, 4)
         margin = np.asarray(weights, np.float32).reshape(-1)
-        boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], 1)
+        boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], 1) - pad
         if self.tighten:
             dx, dy = rects[:, 2:3] * _MARGIN_X, rects[:, 3:4] * _MARGIN_Y
             boxes += np.concatenate([dx, dy, -dx, -dy], 1)
