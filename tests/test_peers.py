@@ -16,10 +16,11 @@ import pytest
 from devices.errors import ModelFileError
 from toolkit.peers import PEERS, SSD_MOBILENETV2_FPNLITE, YOLOX_NANO, Peer, PeerRecord, SsdMobileNetV2Peer, load_peers
 
-# A street photo with one stop sign (and two traffic lights that crowd SSD's 10 detection slots).
-STOP_PHOTO = "road22"
-# A val2017 photo whose one person fills most of the frame.
-PERSON_PHOTO = "000000008532"
+# A portrait street photo with one stop sign in its upper half: a box with x and y (or width and
+# height) swapped would miss it.
+STOP_PHOTO = "road824"
+# A landscape val2017 photo of one person, off the image's diagonal for the same reason.
+PERSON_PHOTO = "000000000785"
 
 
 @pytest.fixture(scope="module")

@@ -65,17 +65,17 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
 
 
 def _ap_table(rows: dict[str, dict]) -> str:
+    """Markdown table of EvalResult dicts, one row per model."""
     lines = ["| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP |",
-             "|---|---|---|---|---|---|"]
-    for name, m in rows.items():
-        per = m["per_class"]
+             "|---|---:|---:|---:|---:|---:|"]
 
-        def cell(cls: str, key: str, per: dict = per) -> str:
-            value = per.get(cls, {}).get(key)
-            return "n/a" if value is None else f"{value:.3f}"
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
 
-        lines.append(f"| {name} | {cell('pedestrian', 'ap')} | {cell('pedestrian', 'ap50')} | "
-                     f"{cell('stop_sign', 'ap')} | {cell('stop_sign', 'ap50')} | {m['mean_ap']:.3f} |")
+    for name, metrics in rows.items():
+        per = {c["name"]: c for c in metrics["classes"]}
+        cells = [fmt(per.get(cls, {}).get(key)) for cls in ("pedestrian", "stop_sign") for key in ("ap", "ap50")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {fmt(metrics['map'])} |")
     return "\n".join(lines)
 
 

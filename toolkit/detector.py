@@ -38,7 +38,7 @@ class TorchDetector:
         return postprocess(raw, self.decode, self.spec.input, placement, frame.shape)
 
 
-def load_detector(ref: str, score_threshold: float | None = None, mirror: str | None = None):  # noqa: ANN201
+def load_detector(ref: str, score_threshold: float | None = None, mirror: str | None = None):
     """Build a detector callable from a checkpoint path, a registered model name (zero-shot), or 'hog'.
 
     Args:

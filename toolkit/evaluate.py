@@ -277,7 +277,7 @@ def _run_detector(
             )
             counts[int(cls)] += 1
             lowest = min(lowest, float(score))
-    if results and lowest > 0.1:
+    if results and lowest > 0.2:
         log.warning(
             "lowest detection score was %.2f: AP needs detections down to about %.2f "
             "(set the detector's score threshold to EVAL_SCORE_THRESHOLD)",

@@ -18,28 +18,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from devices.backends.onnxrt import PREFERRED_PROVIDERS, OnnxRuntimeBackend
+from devices.backends.tflite import TfliteBackend
 from devices.errors import ConfigError, ModelFileError, require
 from devices.processing import Placement, nms, postprocess, preprocess
 from devices.types import DecodeSpec, Detections, InputSpec
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import RemoteFile, verify
+from toolkit.evaluate import EVAL_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
-#: Score threshold for evaluation: AP needs the low-confidence tail (see toolkit.evaluate).
-EVAL_SCORE_THRESHOLD = 0.01
-
 #: COCO-80 rows of our two classes, in our class order (person -> 0, stop sign -> 1).
 COCO80_ROWS: tuple[int, ...] = (COCO80.index("person"), COCO80.index("stop sign"))
-
-Detector = Callable[[np.ndarray], Detections]
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class PeerRecord:
         folder: Its folder under the peers directory.
         file: Upstream location, sha256 and mirror path of the model file.
         runtime: ``onnx`` (ONNX Runtime) or ``tflite`` (LiteRT).
+        num_outputs: How many output tensors the model has (one runs through ``devices.backends``).
         input: Preprocessing the model was trained with.
         source_note: Where the file comes from and its licence, as recorded in ``SOURCE.txt``.
     """
@@ -59,6 +58,7 @@ class PeerRecord:
     folder: str
     file: RemoteFile
     runtime: Literal["onnx", "tflite"]
+    num_outputs: int
     input: InputSpec
     source_note: str
 
@@ -79,6 +79,7 @@ YOLOX_NANO = PeerRecord(
         mirror_path="weights/peers/yolox-nano-onnx/yolox_nano.onnx",
     ),
     runtime="onnx",
+    num_outputs=1,
     # Same file and preprocessing as models.yolox.YOLOX_NANO_COCO (a test keeps them equal); restated
     # here so that the peers need no torch.
     input=InputSpec(width=416, height=416, resize="letterbox", pad_value=114, channel_order="BGR", scale=1.0),
@@ -97,6 +98,7 @@ NANODET_M = PeerRecord(
         mirror_path="weights/peers/nanodet-m-onnx/nanodet-m_320.onnx",
     ),
     runtime="onnx",
+    num_outputs=6,
     # NanoDet's own mean/std in BGR order; aspect-keeping resize with black borders (see NanoDetPeer).
     input=InputSpec(
         width=320,
@@ -122,6 +124,7 @@ SSD_MOBILENETV2_FPNLITE = PeerRecord(
         mirror_path="weights/peers/ssd-mobilenetv2-fpnlite-320-coco-tflite/ssd_mobilenet_v2_fpnlite_320_coco.tflite",
     ),
     runtime="tflite",
+    num_outputs=4,
     # TF Object Detection API resizers stretch to the fixed 320x320 input; pixels map to [-1, 1].
     input=InputSpec(
         width=320,
@@ -143,11 +146,28 @@ PEERS: tuple[PeerRecord, ...] = (YOLOX_NANO, NANODET_M, SSD_MOBILENETV2_FPNLITE)
 # --- running tensors ----------------------------------------------------------------------------------
 
 
-class _Runner:
-    """Open a model file once and run one input tensor, returning every output in the model's order.
+class _BackendRunner:
+    """A device backend (``devices.backends``) for a model with one output: the same code that runs
+    our own exported models, so the comparison runs both through one path."""
 
-    The device backends (``devices.backends``) return a single output; the NanoDet and SSD peers have
-    six and four, so they are run here through the same runtimes with the same thread setting.
+    def __init__(self, backend: OnnxRuntimeBackend | TfliteBackend) -> None:
+        backend.open()
+        self._backend = backend
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        return [self._backend.run(tensor)]
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+class _MultiOutputRunner:
+    """Run a model with several outputs, returning them all in the file's order.
+
+    The device backends return only a model's first output; NanoDet has six and the SSD four. This
+    opens the same runtimes with the backends' settings (ONNX Runtime: ``threads`` intra-op, one
+    inter-op, the backends' provider preference; LiteRT: ``threads``, every core when None) and warms
+    up once, as they do.
     """
 
     def __init__(self, path: Path, runtime: str, threads: int | None) -> None:
@@ -158,14 +178,21 @@ class _Runner:
             if threads is not None:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self._input = self._session.get_inputs()[0].name
+            available = ort.get_available_providers()
+            providers = [p for p in PREFERRED_PROVIDERS if p in available] or available
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+            inp = self._session.get_inputs()[0]
+            self._input = inp.name
+            warmup = np.zeros(inp.shape, np.float32)
         else:
             litert = require("ai_edge_litert.interpreter", "tflite", "running a TFLite peer model")
-            self._interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+            self._interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self._interpreter.allocate_tensors()
-            self._input_index = self._interpreter.get_input_details()[0]["index"]
+            inp = self._interpreter.get_input_details()[0]
+            self._input_index = inp["index"]
             self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
+            warmup = np.zeros(inp["shape"], inp["dtype"])
+        self.run(warmup)
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self.runtime == "onnx":
@@ -176,6 +203,14 @@ class _Runner:
 
     def close(self) -> None:
         self._session = self._interpreter = None
+
+
+def _open_runner(record: PeerRecord, path: Path, threads: int | None) -> _BackendRunner | _MultiOutputRunner:
+    if record.num_outputs > 1:
+        return _MultiOutputRunner(path, record.runtime, threads)
+    if record.runtime == "onnx":
+        return _BackendRunner(OnnxRuntimeBackend(path, threads=threads))
+    return _BackendRunner(TfliteBackend(path, threads=threads))
 
 
 # --- peers --------------------------------------------------------------------------------------------
@@ -201,7 +236,11 @@ class Peer:
     labels: tuple[str, ...] = TARGET_CLASSES
 
     def __init__(
-        self, record: PeerRecord, path: Path, threads: int | None = None, score_threshold: float = 0.25
+        self,
+        record: PeerRecord,
+        path: Path,
+        threads: int | None = None,
+        score_threshold: float = EVAL_SCORE_THRESHOLD,
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ConfigError(f"score_threshold {score_threshold} is outside [0, 1]", "pass 0.01 to evaluate")
@@ -212,7 +251,7 @@ class Peer:
         self.threads = threads
         self.score_threshold = score_threshold
         self.input = record.input
-        self._runner: _Runner | None = _Runner(self.path, record.runtime, threads)
+        self._runner: _BackendRunner | _MultiOutputRunner | None = _open_runner(record, self.path, threads)
         log.info("peer %s: %s (%s threads)", self.name, self.path, threads or "default")
 
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Placement]:
@@ -222,7 +261,7 @@ class Peer:
     def run_model(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model on one input tensor; its outputs in the model's order."""
         if self._runner is None:
-            raise ModelFileError(f"peer {self.name} is closed", "open a new peer with load_peers")
+            raise RuntimeError(f"peer {self.name} was closed; open a new one with load_peers or open_peer")
         return self._runner.run(tensor)
 
     def decode(self, outputs: list[np.ndarray], placement: Placement, frame_shape: tuple[int, ...]) -> Detections:
@@ -256,7 +295,11 @@ class YoloxNanoPeer(Peer):
     """
 
     def __init__(
-        self, record: PeerRecord, path: Path, threads: int | None = None, score_threshold: float = 0.25
+        self,
+        record: PeerRecord,
+        path: Path,
+        threads: int | None = None,
+        score_threshold: float = EVAL_SCORE_THRESHOLD,
     ) -> None:
         super().__init__(record, path, threads, score_threshold)
         self._decode = DecodeSpec(

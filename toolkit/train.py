@@ -124,7 +124,7 @@ class DetectionDataset(Dataset):
             "boxes": tv_tensors.BoundingBoxes(
                 torch.from_numpy(boxes), format="XYXY", canvas_size=tuple(placed.shape[:2])
             ),
-            "labels": torch.from_numpy(sample.labels),
+            "labels": torch.tensor(sample.labels, dtype=torch.long),
         }
         if self.augment is not None:
             data = self.augment(data)
@@ -223,7 +223,7 @@ def validate(model: torch.nn.Module, val_json: Path) -> dict:
 
 
 def _score(metrics: dict) -> float:
-    return float(metrics["mean_ap"])
+    return float(metrics["map"] or 0.0)
 
 
 def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume: Path | None = None,
@@ -314,7 +314,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
             torch.nn.utils.clip_grad_norm_(params, 10.0)
             optimizer.step()
             scheduler.step()
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in losses.items()})
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
             if config.max_minutes and time.perf_counter() - start > config.max_minutes * 60:
                 stopped_early = True
                 break
