@@ -70,12 +70,14 @@ def select_calibration(
     seed: int = 0,
     min_count: int = 100,
     allow_few: bool = False,
+    balance: bool = False,
 ) -> CalibrationSet:
     """Draw a class-stratified calibration set from training samples.
 
     Each image is put in the stratum of its rarest class (so the few stop-sign photos are not drowned
     by the many photos of people), images without objects form their own stratum, and every stratum
-    gets a share of ``count`` proportional to its size, at least one image each.
+    gets a share of ``count`` proportional to its size (or an equal share with ``balance``), at least one
+    image each.
 
     Args:
         samples: Training samples (``image_path``, ``labels`` as class indices, ``source``). Never
@@ -84,6 +86,8 @@ def select_calibration(
         seed: Seed of the draw within each stratum.
         min_count: Fewest images accepted; a few dozen images give unstable activation ranges.
         allow_few: Accept fewer than ``min_count`` images (tests, quick experiments), never none.
+        balance: Give every class the same share instead of its share of the training images (negatives
+            keep theirs). Helps when one class dominates the training set: see the export report.
 
     Returns:
         The chosen set with its per-class counts and content hash.
@@ -110,7 +114,7 @@ def select_calibration(
 
     # Stratify by rarest class, allocate proportionally, draw deterministically within each stratum.
     strata = _strata(unique)
-    quotas = _allocate({k: len(v) for k, v in strata.items()}, target)
+    quotas = _allocate({k: len(v) for k, v in strata.items()}, target, balance)
     rng = np.random.default_rng(seed)
     chosen: list[LabelledImage] = []
     for key in sorted(strata):
@@ -180,22 +184,42 @@ def _strata(samples: Sequence[LabelledImage]) -> dict[int, list[LabelledImage]]:
     return strata
 
 
-def _allocate(sizes: Mapping[int, int], total: int) -> dict[int, int]:
-    """Largest-remainder allocation of ``total`` proportional to ``sizes``, at least one per stratum."""
-    keys = sorted(sizes)
+def _allocate(sizes: Mapping[int, int], total: int, balance: bool) -> dict[int, int]:
+    """Split ``total`` over the strata, no stratum beyond its size, at least one each where possible.
+
+    Proportional: each stratum's share follows its size. Balanced: negatives keep their proportional
+    share and the class strata split the rest equally, a small stratum giving all it has and its unused
+    share going to the others (water-filling).
+    """
     n = sum(sizes.values())
-    exact = {k: total * sizes[k] / n for k in keys}
-    quota = {k: min(sizes[k], max(1, int(exact[k]))) for k in keys}
-    # Hand out what rounding left (or take back what the minimum of one added), largest remainder first.
-    by_remainder = sorted(keys, key=lambda k: (-(exact[k] - int(exact[k])), k))
-    while sum(quota.values()) < total:
-        for k in by_remainder:
-            if sum(quota.values()) < total and quota[k] < sizes[k]:
-                quota[k] += 1
-    while sum(quota.values()) > total:
-        k = max(keys, key=lambda k: (quota[k] - exact[k], quota[k], -k))
-        quota[k] -= 1
-    return quota
+    weights = {k: float(sizes[k]) for k in sizes}
+    if balance:
+        classes = [k for k in sizes if k != NEGATIVE]
+        for k in classes:
+            weights[k] = (n - sizes.get(NEGATIVE, 0)) / len(classes)
+    quota: dict[int, float] = {}
+    remaining, active = float(total), set(sizes)
+    while active:
+        scale = remaining / sum(weights[k] for k in active)
+        full = {k for k in active if weights[k] * scale >= sizes[k]}
+        if not full:
+            quota.update({k: weights[k] * scale for k in active})
+            break
+        for k in full:
+            quota[k] = sizes[k]
+            remaining -= sizes[k]
+        active -= full
+    counts = {k: int(q) for k, q in quota.items()}
+    # Largest remainder first for what rounding down left over.
+    for k in sorted(quota, key=lambda k: (-(quota[k] - int(quota[k])), k)):
+        if sum(counts.values()) < total and counts[k] < sizes[k]:
+            counts[k] += 1
+    # A stratum rounded to nothing borrows one image from the largest, so every class is seen.
+    for k in sorted(counts):
+        donor = max(counts, key=lambda j: (counts[j], -j))
+        if counts[k] == 0 and counts[donor] > 1:
+            counts[k], counts[donor] = 1, counts[donor] - 1
+    return counts
 
 
 def _class_counts(samples: Iterable[LabelledImage]) -> dict[int, int]:

@@ -47,6 +47,10 @@ from toolkit.loss import class_probs, detection_loss, read_dense
 log = logging.getLogger(__name__)
 
 
+#: Parameter-name prefix of each architecture's ImageNet/COCO feature extractor (frozen by default).
+_BACKBONE_PREFIX = {"yolox-nano": "backbone.backbone.", "fastestdet": "backbone."}
+
+
 class TrainConfig(BaseModel):
     """The fine-tuning recipe. Every field can be set from the CLI or a JSON/YAML file."""
 
@@ -60,7 +64,8 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     distill_weight: float = Field(1.0, ge=0)
     pseudo_label_score: float = Field(0.5, gt=0, lt=1)
-    freeze_backbone: bool = False
+    freeze_backbone: bool = True
+    one_copy_per_photo: bool = True
     seed: int = 0
     workers: int = Field(0, ge=0)
     val_every: int = Field(1, ge=1)
@@ -87,10 +92,11 @@ class TrainResult:
 def _augmentations(spec: InputSpec) -> v2.Compose:
     # Scale jitter down to 0.5x teaches the small, distant people and signs of street photos; colour
     # jitter covers dusk and overcast light; horizontal flips are safe for both classes (a mirrored
-    # STOP sign is still a red octagon).
+    # STOP sign is still a red octagon, and the letters are a few pixels at these input sizes).
     return v2.Compose(
         [
-            v2.RandomPhotometricDistort(p=0.5),
+            # Brightness/contrast/saturation only: hue shifts would turn STOP-sign red into other colours.
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4),
             v2.RandomAffine(degrees=0.0, translate=(0.1, 0.1), scale=(0.5, 1.3), fill=spec.pad_value),
             v2.RandomHorizontalFlip(),
             v2.SanitizeBoundingBoxes(min_size=2.0),
@@ -142,6 +148,16 @@ def _collate(batch: list) -> tuple[torch.Tensor, list, torch.Tensor]:
     targets = [(b[1], b[2]) for b in batch]
     people = torch.tensor([b[3] for b in batch])
     return images, targets, people
+
+
+def one_per_group(samples: list[Sample], seed: int) -> list[Sample]:
+    """Keep one copy of each photo: Roboflow's set is three augmented copies of each; our own
+    augmentation replaces them, and an epoch costs a third of the time."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.group, []).append(s)
+    return [rng.choice(members) for members in groups.values()]
 
 
 # ---------------------------------------------------------------------------------------------- teacher
@@ -238,6 +254,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
 
     # Data: deterministic grouped split of the three real sets.
     train_samples, val_samples = default_splits(mirror=mirror)
+    if config.one_copy_per_photo:
+        train_samples = one_per_group(train_samples, config.seed)
     if config.max_train_images:
         train_samples = random.Random(config.seed).sample(train_samples, min(config.max_train_images,
                                                                              len(train_samples)))
@@ -255,7 +273,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
         class_rows = read_dense(model.logits(probe), spec.decode, spec.input.width, spec.input.height).cls.shape[-1]
     rows = _teacher_rows(class_rows).to(device)
     if config.freeze_backbone:
-        model.backbone.requires_grad_(False)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[config.model]))
 
     dataset = DetectionDataset(train_samples, spec.input, augment=True)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
