@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import metadata
 
-from calibration.select import NEGATIVE, CalibrationSet
+from calibration.select import CalibrationSet
 from models.base import TARGET_CLASSES
 
 
@@ -29,9 +29,7 @@ def calibration_report(
         ``sha256``, ``seed``, ``method``, ``converter`` and ``converter_version``.
     """
     per_class = {
-        (class_names[c] if 0 <= c < len(class_names) else str(c)): n
-        for c, n in calibration_set.class_counts.items()
-        if c != NEGATIVE
+        (class_names[c] if 0 <= c < len(class_names) else str(c)): n for c, n in calibration_set.class_counts.items()
     }
     return {
         "count": len(calibration_set),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,8 @@ def select_calibration(
 ) -> CalibrationSet:
     """Draw a class-stratified calibration set from training samples.
 
-    Each image is put in the stratum of its rarest class (so the few stop-sign photos are not drowned
-    by the many photos of people), images without objects form their own stratum, and every stratum
+    Each image is put in the stratum of its rarest class (so that photos of a rare class are not
+    drowned by those of a common one), images without objects form their own stratum, and every stratum
     gets a share of ``count`` proportional to its size (or an equal share with ``balance``), at least one
     image each.
 
@@ -112,7 +113,7 @@ def select_calibration(
             "add training images, or pass allow_few=True (tests and quick experiments only)",
         )
 
-    # Stratify by rarest class, allocate proportionally, draw deterministically within each stratum.
+    # Stratify by rarest class, share out the count, draw deterministically within each stratum.
     strata = _strata(unique)
     quotas = _allocate({k: len(v) for k, v in strata.items()}, target, balance)
     rng = np.random.default_rng(seed)
@@ -128,7 +129,7 @@ def select_calibration(
         paths=paths,
         class_counts=MappingProxyType(_class_counts(chosen)),
         negatives=sum(1 for s in chosen if _classes(s).size == 0),
-        sources=MappingProxyType(dict(sorted(_count(s.source for s in chosen).items()))),
+        sources=MappingProxyType(dict(sorted(Counter(s.source for s in chosen).items()))),
         sha256=set_sha256(paths),
         seed=seed,
     )
@@ -223,11 +224,4 @@ def _allocate(sizes: Mapping[int, int], total: int, balance: bool) -> dict[int, 
 
 
 def _class_counts(samples: Iterable[LabelledImage]) -> dict[int, int]:
-    return dict(sorted(_count(c for s in samples for c in _classes(s).tolist()).items()))
-
-
-def _count(items: Iterable) -> dict:
-    counts: dict = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
+    return dict(sorted(Counter(c for s in samples for c in _classes(s).tolist()).items()))

@@ -42,6 +42,9 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
 @click.option("--lr", type=float)
 @click.option("--max-minutes", type=float, help="Stop (and keep the best checkpoint) after this long.")
 @click.option("--max-train-images", type=int, help="Train on a random subset (quick trials).")
+@click.option("--max-val-images", type=int, help="Validate on the first N validation images (quick trials).")
+@click.option("--freeze-backbone/--train-backbone", default=None, help="Freeze the feature extractor (default).")
+@click.option("--workers", type=int, help="Data-loading processes.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Continue from a last.pt.")
 @click.pass_context
@@ -146,3 +149,75 @@ def main() -> None:
     except EdgesightError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["tflite", "onnx"]), help="Model file format.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), help="fp32, or INT8 behind the accuracy gate.")
+@click.option("--all", "export_every", is_flag=True,
+              help="fp32 and INT8 in both formats, into OUT/<arch>-<format>-<precision>/.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Bundle folder (with --all: the folder that receives the bundles).")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Largest INT8 loss in AP points (0.01 AP@[.5:.95]) against fp32, per class and in the mean.")
+@click.option("--calibration-images", type=int, default=300, show_default=True,
+              help="Calibration images drawn from the training split.")
+@click.option("--allow-few-calibration", is_flag=True, help="Accept fewer calibration images than the minimum.")
+@click.option("--val-images", type=int, help="Evaluate on N evenly spaced validation images only (quick trials).")
+@click.pass_context
+def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision: str | None, export_every: bool,
+               out: Path, max_drop: float, calibration_images: int, allow_few_calibration: bool,
+               val_images: int | None) -> None:
+    """Export CHECKPOINT to a verified TFLite/ONNX bundle (model, labels, licence, report, manifest)."""
+    from toolkit.export import export, export_all
+
+    options = dict(max_drop=max_drop, calibration_count=calibration_images, allow_few=allow_few_calibration,
+                   mirror=ctx.obj["mirror"], val_limit=val_images)
+    if export_every:
+        if fmt or precision:
+            raise click.UsageError("--all exports every format and precision: drop --format/--precision")
+        report = export_all(checkpoint, out, **options)
+    else:
+        if not (fmt and precision):
+            raise click.UsageError("pass --format and --precision, or --all")
+        report = export(checkpoint, out, fmt, precision, **options)
+    click.echo(report.table())
+    for bundle in report.written:
+        click.echo(f"bundle: {bundle.path}")
+
+
+@cli.command("bench")
+@click.argument("bundles", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--peers", "peers_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Peer models folder (default: <mirror>/weights/peers when --mirror is set).")
+@click.option("--no-peers", is_flag=True, help="Leave the peer models out.")
+@click.option("--threads", default="1,2,4", show_default=True, help="Comma-separated runtime thread counts.")
+@click.option("--coco", "coco_json", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Evaluation set as a COCO json (default: the validation split).")
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the json's file_name entries are relative to.")
+@click.option("--no-hog", is_flag=True, help="Leave OpenCV's HOG people detector out (it takes ~1 s a frame).")
+@click.option("--frames", type=int, default=20, show_default=True, help="Timed frames per model and thread count.")
+@click.option("--val-images", type=int, help="Use N evenly spaced images of the evaluation set only.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench"),
+              show_default=True, help="Folder for bench.md, bench.json and bench.png.")
+@click.pass_context
+def bench_cmd(ctx: click.Context, bundles: tuple[Path, ...], peers_dir: Path | None, no_peers: bool, threads: str,
+              coco_json: Path | None, images_dir: Path | None, no_hog: bool, frames: int, val_images: int | None,
+              out: Path) -> None:
+    """Size, latency (model call and whole frame, per thread count) and AP per class of BUNDLES, peers and HOG."""
+    from toolkit.bench import bench
+
+    try:
+        counts = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"{threads!r} is not a comma-separated list of integers", param_hint="--threads") \
+            from exc
+    mirror = ctx.obj["mirror"]
+    if peers_dir is None and not no_peers and mirror and (Path(mirror) / "weights" / "peers").is_dir():
+        peers_dir = Path(mirror) / "weights" / "peers"
+    table = bench(list(bundles), None if no_peers else peers_dir, counts, coco_json=coco_json, images_dir=images_dir,
+                  hog=not no_hog, out=out, frames=frames, val_limit=val_images, mirror=mirror)
+    click.echo(table.markdown())
+    click.echo("wrote " + ", ".join(str(p) for p in table.files.values()))

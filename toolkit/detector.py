@@ -39,10 +39,11 @@ class TorchDetector:
 
 
 def load_detector(ref: str, score_threshold: float | None = None, mirror: str | None = None):
-    """Build a detector callable from a checkpoint path, a registered model name (zero-shot), or 'hog'.
+    """Build a detector callable from a checkpoint, a bundle folder, a registered model name (zero-shot), or 'hog'.
 
     Args:
-        ref: ``path/to/best.pt``, ``yolox-nano`` / ``fastestdet`` (the COCO model's two-class head), or ``hog``.
+        ref: ``path/to/best.pt``, a bundle folder (``edgesight export``), ``yolox-nano`` / ``fastestdet`` (the
+            COCO model's two-class head), or ``hog``.
         score_threshold: Overrides the model's default threshold.
         mirror: Mirror root for pretrained weights.
     """
@@ -57,9 +58,15 @@ def load_detector(ref: str, score_threshold: float | None = None, mirror: str | 
         from toolkit.hog import HogPeopleDetector
 
         return HogPeopleDetector()
+    if path.is_dir() and ((path / "manifest.json").is_file() or ref not in list_models()):
+        # A bundle runs through the device runtime, exactly as on the Raspberry Pi or Jetson; another
+        # folder is refused with the reason (unless it merely shares a model's name).
+        from devices.runner import BundleDetector
+
+        return BundleDetector(path, score_threshold=score_threshold)
     if path.is_file():
         return TorchDetector(load_checkpoint(path), score_threshold)
     if ref in list_models():
         return TorchDetector(create_model(ref, num_classes=2, pretrained=True, mirror=mirror), score_threshold)
     raise ConfigError(f"cannot find a model called '{ref}'",
-                      f"pass a checkpoint file, 'hog', or one of: {', '.join(list_models())}")
+                      f"pass a checkpoint file, a bundle folder, 'hog', or one of: {', '.join(list_models())}")

@@ -192,31 +192,30 @@ def detection_loss(
             cls_t[torch.arange(labels.shape[0]), labels] = iou[fg]
             cls_l = cls_l + _soft_bce(student.cls[i, fg], cls_t).sum()
     norm = max(n_fg, 1)
-    out = {
-        "box": 5.0 * box_l / norm,
-        "obj": _soft_bce(student.obj, obj_target).sum() / norm,
-        "cls": cls_l / norm,
-    }
+    fg_mask = obj_target > 0
+    # Objectness: assigned anchors learn 1. Elsewhere the target is the teacher's objectness when there is
+    # a teacher (classes the labels do not supervise, and unlabelled objects, stay what COCO taught),
+    # and 0 otherwise (plain fine-tuning).
+    neg_target = teacher.obj.sigmoid() if teacher is not None else torch.zeros_like(student.obj)
+    obj_l = _soft_bce(student.obj[fg_mask], obj_target[fg_mask]).sum()
+    neg_w = distill_weight if teacher is not None else 1.0
+    obj_l = obj_l + neg_w * _soft_bce(student.obj[~fg_mask], neg_target[~fg_mask]).sum()
+    out = {"box": 5.0 * box_l / norm, "obj": obj_l / norm, "cls": cls_l / norm}
     if teacher is not None and distill_weight > 0:
-        out["distill"] = distill_weight * _distill(student, teacher, teacher_class_rows, obj_target) / norm
+        out["distill"] = distill_weight * _distill_classes(student, teacher, teacher_class_rows) / norm
     out["total"] = sum(out.values())
     return out
 
 
-def _distill(student: Dense, teacher: Dense, rows: torch.Tensor, obj_target: torch.Tensor) -> torch.Tensor:
-    """Pull the student's objectness and classes toward the teacher's where no label says otherwise."""
+def _distill_classes(student: Dense, teacher: Dense, rows: torch.Tensor) -> torch.Tensor:
+    """Pull the student's class outputs toward the teacher's where the teacher sees an object."""
     t_obj = teacher.obj.sigmoid()
-    # Where a (pseudo-)label assigned an anchor, the label wins; elsewhere the teacher's objectness is
-    # the target, so unlabelled people stay objects instead of becoming background.
-    free = obj_target == 0
-    obj_term = (_soft_bce(student.obj, t_obj) * free).sum()
     if student.softmax:
         t_cls = teacher.cls.softmax(-1)[..., rows]
         t_cls = t_cls / t_cls.sum(-1, keepdim=True).clamp(min=1e-6)
         kl = (t_cls * (t_cls.clamp(min=1e-8).log() - student.cls.log_softmax(-1))).sum(-1)
     else:
         t_cls = teacher.cls[..., rows].sigmoid()
-        kl = _soft_bce(student.cls, t_cls).sum(-1)
-    # Class knowledge matters where the teacher sees an object.
-    cls_term = (kl * t_obj).sum()
-    return obj_term + cls_term
+        # Subtract the teacher's own entropy so that the term is 0 when the student matches it.
+        kl = (_soft_bce(student.cls, t_cls) - _soft_bce(torch.logit(t_cls.clamp(1e-6, 1 - 1e-6)), t_cls)).sum(-1)
+    return (kl * t_obj).sum()

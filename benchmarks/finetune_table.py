@@ -1,0 +1,80 @@
+"""Validation table of the fine-tuning issue: zero-shot vs fine-tuned, both tiers, peers and HOG.
+
+Every row is evaluated on the same validation split (toolkit.datasets.default_splits) in one run, with
+pycocotools AP, and timed per frame (pre + model + post) at one thread.
+
+    python benchmarks/finetune_table.py --mirror ../shared --run yolox=runs/exp1/best.pt \
+        --run fastestdet=runs/fast/best.pt --out runs/finetune_table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mirror", required=True)
+    parser.add_argument("--run", action="append", default=[], help="NAME=path/to/best.pt (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune_table.md"))
+    parser.add_argument("--no-hog", action="store_true", help="Skip HOG (slow: ~0.6 s per image)")
+    parser.add_argument("--max-val-images", type=int)
+    args = parser.parse_args()
+    os.environ["EDGESIGHT_MIRROR"] = str(Path(args.mirror).resolve())
+    torch.set_num_threads(1)
+
+    from models import create_model
+    from models.base import TARGET_CLASSES
+    from models.checkpoint import load_checkpoint
+    from toolkit.data import to_coco
+    from toolkit.datasets import default_splits
+    from toolkit.detector import TorchDetector
+    from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+    from toolkit.hog import HogPeopleDetector
+    from toolkit.peers import load_peers
+
+    _, val = default_splits()
+    val = val[: args.max_val_images] if args.max_val_images else val
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    val_json = to_coco(val, args.out.with_suffix(".val.json"), TARGET_CLASSES)
+
+    detectors = {
+        "YOLOX-Nano zero-shot (COCO)": TorchDetector(create_model("yolox-nano"), EVAL_SCORE_THRESHOLD),
+        "FastestDet zero-shot (COCO)": TorchDetector(create_model("fastestdet"), EVAL_SCORE_THRESHOLD),
+    }
+    for item in args.run:
+        name, path = item.split("=", 1)
+        detectors[f"{name} fine-tuned"] = TorchDetector(load_checkpoint(Path(path)), EVAL_SCORE_THRESHOLD)
+    for peer in load_peers(Path(args.mirror) / "weights" / "peers", threads=1):
+        if peer.name != "yolox-nano":  # the same network as the zero-shot row above
+            detectors[f"{peer.name} (peer, COCO)"] = peer
+    if not args.no_hog:
+        detectors["OpenCV HOG+SVM"] = HogPeopleDetector()
+
+    rows, results = [], {}
+    header = ("| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP "
+              "| ms/frame (1 thread, median) |\n|---|---:|---:|---:|---:|---:|---:|")
+    for name, det in detectors.items():
+        res = evaluate(det, val_json, None, det.labels)
+        results[name] = res.to_dict()
+        per = {c.name: c for c in res.classes}
+
+        def fmt(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        cells = [fmt(getattr(per[c], k)) if c in per else "n/a" for c in TARGET_CLASSES for k in ("ap", "ap50")]
+        rows.append(f"| {name} | {' | '.join(cells)} | {fmt(res.map)} | {res.median_ms:.1f} |")
+        print(rows[-1], flush=True)
+    table = f"{header}\n" + "\n".join(rows) + f"\n\n{len(val)} validation images; AP = COCO AP@[.5:.95].\n"
+    args.out.write_text(table)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
