@@ -20,7 +20,7 @@ install: $(BIN)/edgesight
 # run the exported files in it through a subprocess.
 .venv-tflite/bin/python:
 	$(PY) -m venv .venv-tflite
-	.venv-tflite/bin/pip install -q 'tflite-runtime==2.14.0' 'numpy<2' 'opencv-python-headless<4.11'
+	.venv-tflite/bin/pip install -q "tflite-runtime==2.14.0" "numpy<2" opencv-python-headless pytest
 tflite-runtime: .venv-tflite/bin/python
 
 demo: install

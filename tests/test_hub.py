@@ -33,5 +33,5 @@ def test_truncated_file_is_refused_with_hash_and_fix(tmp_path: Path) -> None:
 
 def test_missing_file_in_mirror_names_the_path(tmp_path: Path) -> None:
     remote = RemoteFile("https://example.invalid/x", "0" * 64, "nowhere/x.onnx")
-    with pytest.raises(ModelFileError, match="nowhere/x.onnx"):
+    with pytest.raises(ModelFileError, match=r"nowhere/x\.onnx"):
         resolve(remote, "test weights", mirror=tmp_path)

@@ -53,7 +53,7 @@ def test_yolox_decode_and_postprocess_place_a_box_in_the_original_frame() -> Non
     # One confident stop sign at the stride-16 cell (2, 1): centre (2.5*16, 1.5*16) = (40, 24), size 32x32.
     i = 64 + 1 * 4 + 2
     raw[i] = [0.5, 0.5, np.log(2.0), np.log(2.0), 0.9, 0.1, 1.0]
-    boxes, scores = decode_yolox(raw, spec, 64, 64)
+    boxes, _scores = decode_yolox(raw, spec, 64, 64)
     np.testing.assert_allclose(boxes[i], [24, 8, 56, 40])
     frame = np.zeros((128, 128, 3), np.uint8)  # letterboxed at scale 0.5
     _, placement = preprocess(frame, YOLOX_IN)
