@@ -96,3 +96,18 @@ def test_torchrun_two_processes_on_cpu(mirror: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["history"] and (out / "best.pt").is_file() and (out / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(mirror: Path, tmp_path: Path) -> None:
+    from toolkit.train import recipe, train
+
+    fields = {"model": "fastestdet", "batch_size": 2, "max_train_images": 4, "max_val_images": 3}
+    first = train(recipe(epochs=1, **fields), tmp_path, mirror=str(mirror), progress=False)
+    assert first is not None and [h["epoch"] for h in json.loads((tmp_path / "summary.json").read_text())
+                                  ["history"]] == [1]
+    second = train(recipe(epochs=2, **fields), tmp_path, mirror=str(mirror), resume=tmp_path / "last.pt",
+                   progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert second is not None and second.zero_shot == first.zero_shot

@@ -51,14 +51,14 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
 def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Path | None, resume: Path | None,
           **overrides: object) -> None:
     """Fine-tune a COCO-pretrained detector on the bundled pedestrian and stop-sign photos."""
-    from toolkit.train import TrainConfig
+    from toolkit.train import recipe
     from toolkit.train import train as run_train
 
     fields = json.loads(config_file.read_text()) if config_file else {}
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if model:
         fields["model"] = model
-    result = run_train(TrainConfig(**fields), out_dir, mirror=ctx.obj["mirror"], resume=resume)
+    result = run_train(recipe(**fields), out_dir, mirror=ctx.obj["mirror"], resume=resume)
     if result is None:
         return
     click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")

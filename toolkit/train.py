@@ -79,6 +79,20 @@ class TrainConfig(BaseModel):
     max_val_images: int | None = Field(None, ge=1)
 
 
+#: Per-architecture recipe defaults, measured (README "Training recipe"): FastestDet's softmax head forgets
+#: pedestrians faster, so it trains slower under a stronger pull toward the teacher.
+RECIPES: dict[str, dict] = {
+    "yolox-nano": {},
+    "fastestdet": {"lr": 1e-4, "distill_weight": 10.0},
+}
+
+
+def recipe(**fields: object) -> TrainConfig:
+    """The default recipe of ``fields["model"]`` with ``fields`` on top (the user's settings win)."""
+    model = fields.get("model", TrainConfig.model_fields["model"].default)
+    return TrainConfig(**{**RECIPES.get(str(model), {}), **fields})
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run produced: the best checkpoint, its validation metrics, and how long it took."""
