@@ -17,7 +17,15 @@ from toolkit.data import load_image
 from toolkit.datasets import default_splits
 from toolkit.detector import TorchDetector
 from toolkit.loss import detection_loss, read_dense
-from toolkit.train import DetectionDataset, _collate, _freeze_norm, _teacher_rows, one_per_group
+from toolkit.train import (
+    _BACKBONE_PREFIX,
+    DetectionDataset,
+    _collate,
+    _freeze_norm,
+    _lr_factor,
+    _teacher_rows,
+    one_per_group,
+)
 
 
 def _batch(samples, spec):
@@ -46,16 +54,23 @@ def test_short_finetune_lowers_loss_and_keeps_both_classes(mirror: Path, arch: s
     rows = _teacher_rows(read_dense(model.logits(images[:1]), model.spec.decode, model.spec.input.width,
                                     model.spec.input.height).cls.shape[-1])
     before = _loss(model, teacher, images, targets, rows)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    # The trainer's optimiser and warm-up: without warm-up Adam's first steps jolt every weight of a
+    # converged model by the full learning rate.
+    # ... and its frozen feature extractor.
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[arch]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, 10, 5))
     model.train()
     _freeze_norm(model)
-    for _ in range(6):
+    for _ in range(10):
         s = read_dense(model.logits(images), model.spec.decode, model.spec.input.width, model.spec.input.height)
         t = read_dense(teacher.logits(images), teacher.spec.decode, model.spec.input.width, model.spec.input.height)
         loss = detection_loss(s, targets, 2, t, rows)["total"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        scheduler.step()
     model.eval()
     after = _loss(model, teacher, images, targets, rows)
     assert after < before * 0.95, (before, after)
@@ -110,4 +125,4 @@ def test_resume_continues_from_last_checkpoint(mirror: Path, tmp_path: Path) -> 
                    progress=False)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
-    assert second is not None and second.zero_shot == first.zero_shot
+    assert second is not None and second.zero_shot["map"] == first.zero_shot["map"]
