@@ -188,7 +188,7 @@ def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision:
 
 
 @cli.command("bench")
-@click.argument("bundles", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("bundles", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--peers", "peers_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Peer models folder (default: <mirror>/weights/peers when --mirror is set).")
 @click.option("--no-peers", is_flag=True, help="Leave the peer models out.")
@@ -209,6 +209,11 @@ def bench_cmd(ctx: click.Context, bundles: tuple[Path, ...], peers_dir: Path | N
     """Size, latency (model call and whole frame, per thread count) and AP per class of BUNDLES, peers and HOG."""
     from toolkit.bench import bench
 
+    # `bench bundles/*` also matches the export report files beside the bundle folders.
+    for path in bundles:
+        if not path.is_dir():
+            click.echo(f"skipping {path}: not a bundle folder", err=True)
+    bundles = tuple(p for p in bundles if p.is_dir())
     try:
         counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError as exc:
