@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from devices.backends.onnxrt import PREFERRED_PROVIDERS, OnnxRuntimeBackend
+from devices.backends.onnxrt import OnnxRuntimeBackend
 from devices.backends.tflite import TfliteBackend
-from devices.errors import ConfigError, ModelFileError, require
+from devices.errors import ConfigError, ModelFileError
 from devices.processing import Placement, nms, postprocess, preprocess
 from devices.types import DecodeSpec, Detections, InputSpec
 from models.base import COCO80, TARGET_CLASSES
@@ -146,71 +145,13 @@ PEERS: tuple[PeerRecord, ...] = (YOLOX_NANO, NANODET_M, SSD_MOBILENETV2_FPNLITE)
 # --- running tensors ----------------------------------------------------------------------------------
 
 
-class _BackendRunner:
-    """A device backend (``devices.backends``) for a model with one output: the same code that runs
-    our own exported models, so the comparison runs both through one path."""
-
-    def __init__(self, backend: OnnxRuntimeBackend | TfliteBackend) -> None:
-        backend.open()
-        self._backend = backend
-
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        return [self._backend.run(tensor)]
-
-    def close(self) -> None:
-        self._backend.close()
-
-
-class _MultiOutputRunner:
-    """Run a model with several outputs, returning them all in the file's order.
-
-    The device backends return only a model's first output; NanoDet has six and the SSD four. This
-    opens the same runtimes with the backends' settings (ONNX Runtime: ``threads`` intra-op, one
-    inter-op, the backends' provider preference; LiteRT: ``threads``, every core when None) and warms
-    up once, as they do.
-    """
-
-    def __init__(self, path: Path, runtime: str, threads: int | None) -> None:
-        self.runtime = runtime
-        if runtime == "onnx":
-            ort = require("onnxruntime", "onnx", "running an ONNX peer model")
-            options = ort.SessionOptions()
-            if threads is not None:
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-            available = ort.get_available_providers()
-            providers = [p for p in PREFERRED_PROVIDERS if p in available] or available
-            self._session = ort.InferenceSession(str(path), options, providers=providers)
-            inp = self._session.get_inputs()[0]
-            self._input = inp.name
-            warmup = np.zeros(inp.shape, np.float32)
-        else:
-            litert = require("ai_edge_litert.interpreter", "tflite", "running a TFLite peer model")
-            self._interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
-            self._interpreter.allocate_tensors()
-            inp = self._interpreter.get_input_details()[0]
-            self._input_index = inp["index"]
-            self._output_indices = [d["index"] for d in self._interpreter.get_output_details()]
-            warmup = np.zeros(inp["shape"], inp["dtype"])
-        self.run(warmup)
-
-    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        if self.runtime == "onnx":
-            return self._session.run(None, {self._input: tensor})
-        self._interpreter.set_tensor(self._input_index, tensor)
-        self._interpreter.invoke()
-        return [self._interpreter.get_tensor(i).copy() for i in self._output_indices]
-
-    def close(self) -> None:
-        self._session = self._interpreter = None
-
-
-def _open_runner(record: PeerRecord, path: Path, threads: int | None) -> _BackendRunner | _MultiOutputRunner:
-    if record.num_outputs > 1:
-        return _MultiOutputRunner(path, record.runtime, threads)
-    if record.runtime == "onnx":
-        return _BackendRunner(OnnxRuntimeBackend(path, threads=threads))
-    return _BackendRunner(TfliteBackend(path, threads=threads))
+def _open_backend(record: PeerRecord, path: Path, threads: int | None) -> OnnxRuntimeBackend | TfliteBackend:
+    """The same device backend that runs our own bundles, so the comparison goes through one path."""
+    backend = OnnxRuntimeBackend(path, threads=threads) if record.runtime == "onnx" else TfliteBackend(
+        path, threads=threads
+    )
+    backend.open()
+    return backend
 
 
 # --- peers --------------------------------------------------------------------------------------------
@@ -251,7 +192,7 @@ class Peer:
         self.threads = threads
         self.score_threshold = score_threshold
         self.input = record.input
-        self._runner: _BackendRunner | _MultiOutputRunner | None = _open_runner(record, self.path, threads)
+        self._runner: OnnxRuntimeBackend | TfliteBackend | None = _open_backend(record, self.path, threads)
         log.info("peer %s: %s (%s threads)", self.name, self.path, threads or "default")
 
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Placement]:
@@ -262,7 +203,7 @@ class Peer:
         """Run the model on one input tensor; its outputs in the model's order."""
         if self._runner is None:
             raise RuntimeError(f"peer {self.name} was closed; open a new one with load_peers or open_peer")
-        return self._runner.run(tensor)
+        return self._runner.run_all(tensor)
 
     def decode(self, outputs: list[np.ndarray], placement: Placement, frame_shape: tuple[int, ...]) -> Detections:
         """The model's outputs -> our two-class detections in original-frame pixels."""

@@ -179,6 +179,15 @@ class OnnxRuntimeBackend:
         Returns:
             The model's first output as is, batch dimension kept.
         """
+        self._check(tensor)
+        return self._session.run([self._output_name], {self._input_name: tensor})[0]
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Like ``run``, but every output of the model, in the file's order (multi-output peers)."""
+        self._check(tensor)
+        return self._session.run(None, {self._input_name: tensor})
+
+    def _check(self, tensor: np.ndarray) -> None:
         self._require_open()
         if tensor.shape != self._input_shape or tensor.dtype != self._input_dtype:
             raise ConfigError(
@@ -186,7 +195,6 @@ class OnnxRuntimeBackend:
                 f"{self._input_dtype} {self._input_shape}",
                 "preprocess frames with the InputSpec of this model's bundle",
             )
-        return self._session.run([self._output_name], {self._input_name: tensor})[0]
 
     def _require_open(self) -> None:
         if self._session is None:

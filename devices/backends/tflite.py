@@ -104,6 +104,7 @@ class TfliteBackend:
         self._output: TensorDetails | None = None
         self._input_index = -1
         self._output_index = -1
+        self._outputs: list[tuple[TensorDetails, int]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -163,7 +164,8 @@ class TfliteBackend:
             )
         self._interpreter = interpreter
         self._input, self._input_index = details, int(inputs[0]["index"])
-        self._output, self._output_index = TensorDetails.from_runtime(outputs[0]), int(outputs[0]["index"])
+        self._outputs = [(TensorDetails.from_runtime(o), int(o["index"])) for o in outputs]
+        self._output, self._output_index = self._outputs[0]
 
     # --- inference ---------------------------------------------------------------------------------
 
@@ -191,7 +193,16 @@ class TfliteBackend:
         Returns:
             The model's first output, batch dimension kept; float32, dequantized if stored as integers.
         """
-        inp, out = self.input_details, self.output_details
+        self._invoke(tensor)
+        return self._read(self.output_details, self._output_index)
+
+    def run_all(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Like ``run``, but every output of the model, in the file's order (multi-output peers)."""
+        self._invoke(tensor)
+        return [self._read(details, index) for details, index in self._outputs]
+
+    def _invoke(self, tensor: np.ndarray) -> None:
+        inp = self.input_details
         if tensor.shape != inp.shape or tensor.dtype != inp.dtype:
             raise ConfigError(
                 f"input tensor {tensor.dtype} {tensor.shape} does not fit {self.path}, which takes "
@@ -200,9 +211,14 @@ class TfliteBackend:
             )
         self._interpreter.set_tensor(self._input_index, tensor)
         self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._output_index)
-        if out.scale is not None:
-            return ((raw.astype(np.float32) - np.float32(out.zero_point)) * np.float32(out.scale)).astype(np.float32)
+
+    def _read(self, details: TensorDetails, index: int) -> np.ndarray:
+        # get_tensor copies, so outputs stay valid after the next invoke.
+        raw = self._interpreter.get_tensor(index)
+        if details.scale is not None:
+            return ((raw.astype(np.float32) - np.float32(details.zero_point)) * np.float32(details.scale)).astype(
+                np.float32
+            )
         return raw
 
     def _require_open(self) -> None:
