@@ -20,17 +20,17 @@ from toolkit.loss import detection_loss, read_dense
 from toolkit.train import (
     _BACKBONE_PREFIX,
     DetectionDataset,
-    _collate,
     _freeze_norm,
-    _lr_factor,
     _teacher_rows,
+    collate,
+    lr_factor,
     one_per_group,
 )
 
 
 def _batch(samples, spec):
     data = DetectionDataset(samples, spec.input, augment=False)
-    return _collate([data[i] for i in range(len(data))])
+    return collate([data[i] for i in range(len(data))])
 
 
 def _loss(model, teacher, images, targets, rows) -> float:
@@ -60,7 +60,7 @@ def test_short_finetune_lowers_loss_and_keeps_both_classes(mirror: Path, arch: s
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[arch]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, 10, 5))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, 10, 5))
     model.train()
     _freeze_norm(model)
     for _ in range(10):

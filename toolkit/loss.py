@@ -149,7 +149,7 @@ def _soft_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
 
 
-def _soft_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def soft_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy minus the target's own entropy: 0 when the student matches a soft target."""
     return _soft_bce(logits, target) - _soft_bce(torch.logit(target.clamp(1e-6, 1 - 1e-6)), target)
 
@@ -204,15 +204,15 @@ def detection_loss(
     neg_target = teacher.obj.sigmoid() if teacher is not None else torch.zeros_like(student.obj)
     obj_l = _soft_bce(student.obj[fg_mask], obj_target[fg_mask]).sum()
     neg_w = distill_weight if teacher is not None else 1.0
-    obj_l = obj_l + neg_w * _soft_kl(student.obj[~fg_mask], neg_target[~fg_mask]).sum()
+    obj_l = obj_l + neg_w * soft_kl(student.obj[~fg_mask], neg_target[~fg_mask]).sum()
     out = {"box": 5.0 * box_l / norm, "obj": obj_l / norm, "cls": cls_l / norm}
     if teacher is not None and distill_weight > 0:
-        out["distill"] = distill_weight * _distill_classes(student, teacher, teacher_class_rows) / norm
+        out["distill"] = distill_weight * distill_classes(student, teacher, teacher_class_rows) / norm
     out["total"] = sum(out.values())
     return out
 
 
-def _distill_classes(student: Dense, teacher: Dense, rows: torch.Tensor) -> torch.Tensor:
+def distill_classes(student: Dense, teacher: Dense, rows: torch.Tensor) -> torch.Tensor:
     """Pull the student's class outputs toward the teacher's where the teacher sees an object."""
     t_obj = teacher.obj.sigmoid()
     if student.softmax:
@@ -221,5 +221,5 @@ def _distill_classes(student: Dense, teacher: Dense, rows: torch.Tensor) -> torc
         kl = (t_cls * (t_cls.clamp(min=1e-8).log() - student.cls.log_softmax(-1))).sum(-1)
     else:
         t_cls = teacher.cls[..., rows].sigmoid()
-        kl = _soft_kl(student.cls, t_cls).sum(-1)
+        kl = soft_kl(student.cls, t_cls).sum(-1)
     return (kl * t_obj).sum()

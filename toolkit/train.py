@@ -162,7 +162,7 @@ class DetectionDataset(Dataset):
         return x, data["boxes"].as_subclass(torch.Tensor).float(), data["labels"].long(), sample.labels_people
 
 
-def _collate(batch: list) -> tuple[torch.Tensor, list, torch.Tensor]:
+def collate(batch: list) -> tuple[torch.Tensor, list, torch.Tensor]:
     images = torch.stack([b[0] for b in batch])
     targets = [(b[1], b[2]) for b in batch]
     people = torch.tensor([b[3] for b in batch])
@@ -220,7 +220,7 @@ def _setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -243,7 +243,7 @@ class _Logits(torch.nn.Module):
         return self.model.logits(x)
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -268,7 +268,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
 
     start = time.perf_counter()
     rank, world, device = _setup_distributed()
-    _seed_everything(config.seed + rank)
+    seed_everything(config.seed + rank)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Data: deterministic grouped split of the three real sets.
@@ -302,7 +302,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     dataset = DetectionDataset(train_samples, spec.input, augment=True)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=config.workers, collate_fn=_collate, drop_last=True,
+                        num_workers=config.workers, collate_fn=collate, drop_last=True,
                         generator=torch.Generator().manual_seed(config.seed))
     wrapped = _Logits(model)
     if world > 1:
@@ -311,7 +311,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.epochs * len(loader)
     warmup = max(1, int(config.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
 
     # Resume or measure the zero-shot starting point (the model every epoch must beat).
     first_epoch, history = 1, []
