@@ -5,6 +5,7 @@ One implementation means every runtime gives the same answer for the same frame.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -54,6 +55,15 @@ def to_tensor(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
         x = img.astype(np.float32) * spec.scale
         if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
             x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    elif (offset := pixel_offset(spec)) is not None:
+        # The input quantization undoes the normalisation: camera pixels go in with an integer shift, no floats.
+        if spec.dtype == "int8" and offset == -128:
+            x = (img ^ np.uint8(0x80)).view(np.int8)
+        elif spec.dtype == "uint8" and offset == 0:
+            x = img
+        else:
+            info = np.iinfo(np.dtype(spec.dtype))
+            x = (img.astype(np.int16) + offset).clip(info.min, info.max).astype(spec.dtype)
     else:
         # Integer input: quantize the float the model was trained on with the input's scale/zero point.
         real = img.astype(np.float32) * spec.scale
@@ -64,6 +74,25 @@ def to_tensor(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
     if spec.layout == "NCHW":
         x = x.transpose(2, 0, 1)
     return np.ascontiguousarray(x[None])
+
+
+@functools.lru_cache(maxsize=16)
+def pixel_offset(spec: InputSpec) -> int | None:
+    """``k`` when an integer input is exactly ``pixel + k`` for every channel, else None.
+
+    That holds when the input's quantization inverts the normalisation (YOLOX: pixels as they are, scale 1,
+    zero point -128; FastestDet: pixels / 255, scale 1/255, zero point -128): q = p * g + o with g = 1 and
+    o an integer.
+    """
+    if spec.dtype == "float32" or spec.quant_scale is None or spec.quant_zero_point is None:
+        return None
+    std = np.asarray(spec.std, np.float64)
+    gain = spec.scale / (std * spec.quant_scale)
+    offset = spec.quant_zero_point - np.asarray(spec.mean, np.float64) / (std * spec.quant_scale)
+    k = round(float(offset[0]))
+    if np.allclose(gain, 1.0, rtol=0, atol=1e-5) and np.allclose(offset, k, rtol=0, atol=1e-3):
+        return k
+    return None
 
 
 def preprocess(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices.processing import decode_yolox, nms, postprocess, preprocess
+from devices.processing import decode_yolox, nms, pixel_offset, postprocess, preprocess, to_tensor
 from devices.types import DecodeSpec, InputSpec
 
 YOLOX_IN = InputSpec(width=64, height=64, resize="letterbox", pad_value=114)
@@ -61,3 +61,42 @@ def test_yolox_decode_and_postprocess_place_a_box_in_the_original_frame() -> Non
     assert len(dets) == 1 and dets.class_ids[0] == 1
     np.testing.assert_allclose(dets.boxes[0], [48, 16, 112, 80])
     assert dets.scores[0] == pytest.approx(0.9)
+
+
+def _quantized_reference(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The definition: normalise in float64, quantize with the input's scale and zero point."""
+    img = placed[:, :, ::-1] if spec.channel_order == "RGB" else placed
+    real = (img.astype(np.float64) * spec.scale - np.asarray(spec.mean)) / np.asarray(spec.std)
+    info = np.iinfo(np.dtype(spec.dtype))
+    q = np.clip(np.round(real / spec.quant_scale) + spec.quant_zero_point, info.min, info.max)
+    q = q.astype(spec.dtype)
+    return (q.transpose(2, 0, 1) if spec.layout == "NCHW" else q)[None]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # YOLOX-Nano's int8 TFLite input: pixels as they are, scale 1, zero point -128.
+        InputSpec(width=64, height=48, layout="NHWC", dtype="int8", quant_scale=1.0, quant_zero_point=-128),
+        # FastestDet's: pixels / 255, with the scale float32(1/255) as read back from the file.
+        InputSpec(width=64, height=48, resize="stretch", channel_order="RGB", scale=1 / 255, layout="NHWC",
+                  dtype="int8", quant_scale=float(np.float32(1 / 255)), quant_zero_point=-128),
+        InputSpec(width=64, height=48, layout="NCHW", dtype="uint8", quant_scale=1.0, quant_zero_point=0),
+    ],
+)
+def test_integer_input_shifts_pixels_exactly_as_quantizing_would(spec: InputSpec) -> None:
+    assert pixel_offset(spec) is not None
+    placed = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    placed[0, :3] = [[0, 0, 0], [255, 255, 255], [127, 128, 129]]
+    fast = to_tensor(placed, spec)
+    assert fast.dtype == np.dtype(spec.dtype)
+    assert np.array_equal(fast, _quantized_reference(placed, spec))
+
+
+def test_integer_input_with_a_real_normalisation_is_quantized_from_floats() -> None:
+    spec = InputSpec(width=8, height=8, resize="stretch", channel_order="RGB", scale=1 / 255,
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout="NHWC", dtype="int8",
+                     quant_scale=0.0187, quant_zero_point=-14)
+    assert pixel_offset(spec) is None
+    placed = np.random.default_rng(1).integers(0, 256, (8, 8, 3), np.uint8)
+    assert np.array_equal(to_tensor(placed, spec), _quantized_reference(placed, spec))

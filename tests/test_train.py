@@ -23,6 +23,7 @@ from toolkit.train import (
     _freeze_norm,
     _teacher_rows,
     collate,
+    improves_on,
     lr_factor,
     one_per_group,
 )
@@ -126,3 +127,18 @@ def test_resume_continues_from_last_checkpoint(mirror: Path, tmp_path: Path) -> 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert second is not None and second.zero_shot["map"] == first.zero_shot["map"]
+
+
+def _metrics(pedestrian: float, stop_sign: float) -> dict:
+    return {"map": (pedestrian + stop_sign) / 2,
+            "classes": [{"name": "pedestrian", "ap": pedestrian}, {"name": "stop_sign", "ap": stop_sign}]}
+
+
+def test_best_checkpoint_never_trades_one_class_for_the_other() -> None:
+    zero = _metrics(0.30, 0.70)
+    # A higher mean bought with pedestrian AP is refused; so is an epoch that improves nothing.
+    assert not improves_on(_metrics(0.29, 0.80), zero, zero)
+    assert not improves_on(_metrics(0.30, 0.70), zero, zero)
+    # Both classes at least as good as zero-shot and a higher mean than the best so far: kept.
+    assert improves_on(_metrics(0.30, 0.72), zero, zero)
+    assert not improves_on(_metrics(0.31, 0.71), _metrics(0.31, 0.73), zero)
