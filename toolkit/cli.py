@@ -72,14 +72,17 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for qat.pt and qat_summary.json.")
 @click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=None, help="SGD learning rate (default: toolkit.qat.DEFAULT_LR).")
+@click.option("--lr", type=float, default=None,
+              help="Relative change of each weight tensor per step (default: toolkit.qat.DEFAULT_LR, 1e-4).")
 @click.option("--max-train-images", type=int, help="Use a random subset of the training photos (quick trials).")
 @click.pass_context
 def qat(ctx: click.Context, checkpoint: Path, out_dir: Path, epochs: int, lr: float | None,
         max_train_images: int | None) -> None:
-    """Quantization-aware fine-tune of CHECKPOINT, for INT8 exports that keep its accuracy.
+    """Experimental: quantization-aware fine-tune of CHECKPOINT under simulated INT8.
 
-    Export the result as usual: edgesight export OUT/qat.pt --all --out bundles/
+    Prints the simulated INT8 AP per epoch (qat_summary.json). Measured on YOLOX-Nano: 3 epochs raised it
+    from 0.508 to 0.510 only, far from fp32's 0.572 (README, "Export, INT8"). Export the result as usual:
+    edgesight export OUT/qat.pt --all --out bundles/
     """
     from toolkit.qat import DEFAULT_LR, quantization_aware_finetune
 
