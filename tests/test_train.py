@@ -142,3 +142,6 @@ def test_best_checkpoint_never_trades_one_class_for_the_other() -> None:
     # Both classes at least as good as zero-shot and a higher mean than the best so far: kept.
     assert improves_on(_metrics(0.30, 0.72), zero, zero)
     assert not improves_on(_metrics(0.31, 0.71), _metrics(0.31, 0.73), zero)
+    # Unless the user allows it (--allow-class-drop).
+    assert improves_on(_metrics(0.29, 0.80), zero, zero, protect_classes=False)
+

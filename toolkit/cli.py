@@ -44,6 +44,8 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
 @click.option("--max-train-images", type=int, help="Train on a random subset (quick trials).")
 @click.option("--max-val-images", type=int, help="Validate on the first N validation images (quick trials).")
 @click.option("--freeze-backbone/--train-backbone", default=None, help="Freeze the feature extractor (default).")
+@click.option("--protect-classes/--allow-class-drop", default=None,
+              help="Keep best.pt only from epochs where no class is below its zero-shot AP (default).")
 @click.option("--workers", type=int, help="Data-loading processes.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Continue from a last.pt.")
@@ -62,6 +64,9 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     if result is None:
         return
     click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")
+    if result.best_epoch == 0:
+        click.echo("no epoch beat the zero-shot model on every class without losing another, so best.pt is the "
+                   "zero-shot model (last.pt holds the last epoch; --allow-class-drop keeps the best mean AP).")
     click.echo(_ap_table({"zero-shot": result.zero_shot, "fine-tuned": result.metrics}))
     click.echo(f"wall time: {result.wall_seconds / 60:.1f} min" + (" (stopped by --max-minutes)"
                                                                      if result.stopped_early else ""))
