@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from calibration.noise import MAX_NOISE_TO_SIGNAL
 from devices.errors import EdgesightError
 
 log = logging.getLogger(__name__)
@@ -196,15 +197,18 @@ def main() -> None:
               help="Calibration images drawn from the training split.")
 @click.option("--allow-few-calibration", is_flag=True, help="Accept fewer calibration images than the minimum.")
 @click.option("--val-images", type=int, help="Evaluate on N evenly spaced validation images only (quick trials).")
+@click.option("--max-noise-to-signal", type=float, default=MAX_NOISE_TO_SIGNAL, show_default=True,
+              help="INT8: activations whose 8-bit rounding noise exceeds this share of their channels' variance "
+                   "stay float; raise it for more integer layers, 'inf' quantizes every activation.")
 @click.pass_context
 def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision: str | None, export_every: bool,
                out: Path, max_drop: float, calibration_images: int, allow_few_calibration: bool,
-               val_images: int | None) -> None:
+               val_images: int | None, max_noise_to_signal: float) -> None:
     """Export CHECKPOINT to a verified TFLite/ONNX bundle (model, labels, licence, report, manifest)."""
     from toolkit.export import export, export_all
 
     options = dict(max_drop=max_drop, calibration_count=calibration_images, allow_few=allow_few_calibration,
-                   mirror=ctx.obj["mirror"], val_limit=val_images)
+                   mirror=ctx.obj["mirror"], val_limit=val_images, max_noise_to_signal=max_noise_to_signal)
     if export_every:
         if fmt or precision:
             raise click.UsageError("--all exports every format and precision: drop --format/--precision")

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from calibration.noise import MAX_NOISE_TO_SIGNAL
 from calibration.reader import iter_tensors
 from calibration.report import calibration_report
 from calibration.select import CalibrationSet, select_calibration
@@ -301,6 +302,7 @@ def export(
     val_limit: int | None = None,
     calibration_set: CalibrationSet | None = None,
     latency_runs: int = LATENCY_RUNS,
+    max_noise_to_signal: float | None = MAX_NOISE_TO_SIGNAL,
 ) -> ExportReport:
     """Export one file of a checkpoint as a verified bundle in ``out``.
 
@@ -318,6 +320,8 @@ def export(
         calibration_set: Calibrate on these images instead of drawing from the training split
             (e.g. frames from the deployment camera).
         latency_runs: Timed model calls per file at one thread.
+        max_noise_to_signal: INT8 activations whose 8-bit rounding noise exceeds this share of their
+            channels' variance stay float (``calibration.noise``); ``None`` or ``inf`` quantizes them all.
 
     Returns:
         The report; ``report.written[0].path`` is the bundle.
@@ -338,7 +342,8 @@ def export(
             _measure_latency(run, [fp32], latency_runs)
             _finish(run, fp32, out)
             return _report(run, [fp32], [])
-        int8 = _stage_int8(run, fmt, fp32, calibration_set or _calibration(run, calibration_count, allow_few))
+        cal = calibration_set or _calibration(run, calibration_count, allow_few)
+        int8 = _stage_int8(run, fmt, fp32, cal, max_noise_to_signal)
         gate = _apply_gate(int8, fp32, max_drop)
         if not gate.passed:
             raise _gate_error([gate], run.val_description, int8.manifest.calibration)
@@ -359,11 +364,13 @@ def export_all(
     val_limit: int | None = None,
     calibration_set: CalibrationSet | None = None,
     latency_runs: int = LATENCY_RUNS,
+    max_noise_to_signal: float | None = MAX_NOISE_TO_SIGNAL,
 ) -> ExportReport:
     """Export fp32 and INT8 in every format into ``out_root/<arch>-<format>-<precision>/``.
 
     One calibration set serves both formats. Bundles that pass are written even when another INT8
-    file fails its gate; ``out_root`` also receives ``EXPORT_REPORT.md`` and ``export_report.json``.
+    file fails its gate; ``out_root`` also receives ``EXPORT_REPORT-<arch>.md`` and ``export_report-<arch>.json``
+    (one pair per architecture, so exporting both models into one folder keeps both reports).
     Arguments as for ``export``.
 
     Raises:
@@ -384,7 +391,7 @@ def export_all(
         gates: list[GateResult] = []
         for fmt in formats:
             fp32 = _stage_fp32(run, fmt)
-            int8 = _stage_int8(run, fmt, fp32, cal)
+            int8 = _stage_int8(run, fmt, fp32, cal, max_noise_to_signal)
             gates.append(_apply_gate(int8, fp32, max_drop))
             staged += [fp32, int8]
         _measure_latency(run, staged, latency_runs)
@@ -396,8 +403,12 @@ def export_all(
             _finish(run, s, destinations[s.name], fp32=fp32_pair if s.precision == "int8" else None)
             written[s.name] = destinations[s.name]
         report = _report(run, staged, gates, written=written)
-    (out_root / "EXPORT_REPORT.md").write_text(f"# Export of {report.checkpoint}\n\n{report.table()}", encoding="utf-8")
-    (out_root / "export_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (out_root / f"EXPORT_REPORT-{run.arch}.md").write_text(
+        f"# Export of {report.checkpoint}\n\n{report.table()}", encoding="utf-8"
+    )
+    (out_root / f"export_report-{run.arch}.json").write_text(
+        json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"
+    )
     failed = [g for g in gates if not g.passed]
     if failed:
         calibration = next(s.manifest.calibration for s in staged if s.gate is not None and not s.gate.passed)
@@ -473,7 +484,7 @@ def _stage_fp32(run: _Run, fmt: str) -> _Staged:
     return staged
 
 
-def _stage_int8(run: _Run, fmt: str, fp32: _Staged, cal: CalibrationSet) -> _Staged:
+def _stage_int8(run: _Run, fmt: str, fp32: _Staged, cal: CalibrationSet, max_noise_to_signal: float | None) -> _Staged:
     """Quantize with the calibration set, bundle the INT8 file in staging and measure its AP."""
     staged = _new_stage(run, fmt, "int8")
     spec = run.model.spec.input
@@ -481,7 +492,9 @@ def _stage_int8(run: _Run, fmt: str, fp32: _Staged, cal: CalibrationSet) -> _Sta
         if fmt == "onnx":
             from toolkit.export_onnx import quantize_onnx_int8
 
-            result = quantize_onnx_int8(fp32.model_path, staged.model_path, cal, spec)
+            result = quantize_onnx_int8(
+                fp32.model_path, staged.model_path, cal, spec, max_noise_to_signal=max_noise_to_signal
+            )
             recipe = result.manifest()
             calibration = dict(result.calibration)
             input_spec = staged.manifest.input
@@ -489,9 +502,18 @@ def _stage_int8(run: _Run, fmt: str, fp32: _Staged, cal: CalibrationSet) -> _Sta
             from toolkit.export_tflite import export_tflite_int8
 
             tflite = export_tflite_int8(
-                run.model, staged.model_path, iter_tensors(cal, spec), float_model=fp32.model_path
+                run.model,
+                staged.model_path,
+                iter_tensors(cal, spec),
+                float_model=fp32.model_path,
+                max_noise_to_signal=max_noise_to_signal,
             )
-            recipe = dict(tflite.recipe, float_ops=tflite.float_ops, op_counts=tflite.op_counts)
+            recipe = dict(
+                tflite.recipe,
+                float_ops=tflite.float_ops,
+                op_counts=tflite.op_counts,
+                float_activations=list(tflite.float_activations),
+            )
             calibration = calibration_report(cal, "min/max, moving average (static_wi8_ai8)", "ai-edge-quantizer")
             input_spec = dataclasses.replace(
                 staged.manifest.input,
@@ -907,6 +929,22 @@ def _report_calibration(m: Manifest) -> list[str]:
             f"{c.get('count')} training images ({per_class}; {c.get('negatives')} without objects), "
             f"sources {dict(c.get('sources', {}))}, set sha256 `{str(c.get('sha256', ''))[:16]}`, "
             f"method {c.get('method')}, {c.get('converter')} {c.get('converter_version')}."
+        ),
+        *_report_float_activations(m),
+    ]
+
+
+def _report_float_activations(m: Manifest) -> list[str]:
+    noisy = (m.quantization or {}).get("float_activations") or []
+    if not noisy:
+        return []
+    return [
+        "",
+        (
+            f"{len(noisy)} activations stay float: on them 8-bit rounding noise exceeds 1/1000 of the variance of "
+            "their channels (batch-norm folding leaves channels 100x smaller than their neighbours'), so the "
+            "operations that produce and read them compute in float. The list is in `manifest.json` "
+            "(`quantization.float_activations`)."
         ),
     ]
 

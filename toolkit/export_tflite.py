@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.noise import MAX_NOISE_TO_SIGNAL, ChannelMoments
 from devices.errors import CalibrationError, ConfigError, MissingDependencyError, ModelFileError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ _TAIL_OPS = frozenset(
     {"CONCATENATION", "RESHAPE", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "LOGISTIC", "SOFTMAX", "SPLIT", "SPLIT_V"}
 )
 
+_CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
+
 #: The quantization recipe, as recorded in the bundle manifest.
 INT8_RECIPE: dict[str, str] = {
     "converter": "litert-torch float32 (NHWC input) -> ai-edge-quantizer static_wi8_ai8",
@@ -54,6 +57,8 @@ INT8_RECIPE: dict[str, str] = {
     "sigmoid outputs at the fixed 1/256 scale",
     "input": "int8 NHWC, range fixed from the InputSpec's pixel range",
     "output": "float32; output assembly (concat/reshape/transpose/slice/sigmoid/softmax) kept float",
+    "noisy activations": "float where 8-bit rounding noise exceeds 1/1000 of the channels' variance: the ops "
+    "producing and reading them compute in float (convolutions keep int8 weights, dequantized at load)",
     "file": "compacted: tensor names dropped except input/output, identical quantization vectors stored once",
 }
 
@@ -72,9 +77,10 @@ class TfliteInt8Result:
         num_calibration: Number of calibration tensors used.
         size_bytes: File size.
         op_counts: Operator name -> count in the file.
-        float_ops: Operator name -> count of ops that still compute in float (the output assembly,
-            and whatever ``keep_float`` named): a float op in the backbone would be a regression.
+        float_ops: Operator name -> count of ops that still compute in float: the output assembly,
+            the ops around noisy activations, and whatever ``keep_float`` named.
         recipe: How the file was quantized, for the bundle manifest.
+        float_activations: Activations kept float for their noise-to-signal ratio (``calibration.noise``).
     """
 
     path: Path
@@ -88,6 +94,7 @@ class TfliteInt8Result:
     op_counts: dict[str, int] = field(default_factory=dict)
     float_ops: dict[str, int] = field(default_factory=dict)
     recipe: dict[str, str] = field(default_factory=dict)
+    float_activations: tuple[str, ...] = ()
 
 
 def export_tflite_fp32(model: Any, path: str | Path, input_size: tuple[int, int] | None = None) -> Path:
@@ -125,6 +132,7 @@ def export_tflite_int8(
     keep_float: str | None = None,
     input_size: tuple[int, int] | None = None,
     input_range: tuple[float, float] | None = None,
+    max_noise_to_signal: float | None = MAX_NOISE_TO_SIGNAL,
 ) -> TfliteInt8Result:
     """Quantize a PyTorch model to a full-integer INT8 TFLite file with an NHWC int8 input.
 
@@ -149,6 +157,9 @@ def export_tflite_int8(
         input_size: (height, width); defaults to ``model.spec.input``.
         input_range: Real (min, max) of the input; defaults to the range of ``model.spec.input``
             applied to pixels 0..255, else to the calibration tensors' range.
+        max_noise_to_signal: Activations whose 8-bit rounding noise exceeds this share of their
+            channels' variance (``calibration.noise``) stay float, with the ops that produce and read
+            them. ``None`` quantizes every activation.
 
     Returns:
         The file's path and its input quantization, read back from the written file.
@@ -174,12 +185,14 @@ def export_tflite_int8(
     else:
         float_model, converted = Path(float_model), False
     try:
-        quantized = _quantize_static(aeq, Path(float_model), samples, (min(lo, 0.0), max(hi, 0.0)), keep_float)
+        quantized, noisy = _quantize_static(
+            aeq, Path(float_model), samples, (min(lo, 0.0), max(hi, 0.0)), keep_float, max_noise_to_signal
+        )
     finally:
         if converted:
             Path(float_model).unlink(missing_ok=True)
     path.write_bytes(compact_tflite(quantized))
-    return _read_back(path, len(samples), keep_float)
+    return _read_back(path, len(samples), keep_float, noisy)
 
 
 def compact_tflite(data: bytes) -> bytes:
@@ -250,8 +263,14 @@ def _vector_sharing_builder(size: int) -> Any:
 
 
 def _quantize_static(
-    aeq: Any, float_model: Path, samples: list[np.ndarray], input_range: tuple[float, float], keep_float: str | None
-) -> bytes:
+    aeq: Any,
+    float_model: Path,
+    samples: list[np.ndarray],
+    input_range: tuple[float, float],
+    keep_float: str | None,
+    max_noise_to_signal: float | None,
+) -> tuple[bytes, list[str]]:
+    """The quantized model, and the activations kept float for their noise-to-signal ratio."""
     from ai_edge_litert.interpreter import Interpreter
 
     quantizer = aeq.quantizer.Quantizer(str(float_model))
@@ -277,7 +296,83 @@ def _quantize_static(
                 "min": np.full_like(np.asarray(qsv["min"]), input_range[0]),
                 "max": np.full_like(np.asarray(qsv["max"]), input_range[1]),
             }
-    return bytes(quantizer.quantize(qsvs, enable_progress_report=False).quantized_model)
+    noisy: list[str] = []
+    if max_noise_to_signal is not None:
+        ratios = _noise_to_signal(float_model, samples)
+        noisy = sorted(name for name, r in ratios.items() if r > max_noise_to_signal)
+        log.info("noise-to-signal: %d of %d activations above %g", len(noisy), len(ratios), max_noise_to_signal)
+        # Convolutions next to a noisy activation compute in float but keep int8 weights (dequantized
+        # once when the model loads), so that the file stays small; the other ops stay float.
+        weight_only = aeq.qtyping.OpQuantizationConfig(
+            weight_tensor_config=aeq.qtyping.TensorQuantizationConfig(
+                num_bits=8, symmetric=True, granularity=aeq.qtyping.QuantGranularity.CHANNELWISE
+            ),
+            compute_precision=aeq.qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,
+        )
+        for scope, op_name in _ops_touching(float_model, noisy):
+            regex = f"^{re.escape(scope)}$"
+            if op_name in _CONV_OPS:
+                quantizer.update_quantization_recipe(regex=regex, operation_name=op_name, op_config=weight_only)
+            else:
+                quantizer.update_quantization_recipe(regex=regex, operation_name="*", algorithm_key="no_quantize")
+    return bytes(quantizer.quantize(qsvs, enable_progress_report=False).quantized_model), noisy
+
+
+def _noise_to_signal(float_model: Path, samples: list[np.ndarray]) -> dict[str, float]:
+    """``calibration.noise`` ratio of every 4-D (NHWC) float tensor of the float model.
+
+    The 8-bit range is the one ai-edge-quantizer's min/max calibration converges to: the mean over images
+    of each image's extremes.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    probe = Interpreter(model_path=str(float_model), experimental_preserve_all_tensors=True)
+    probe.allocate_tensors()
+    input_index = probe.get_input_details()[0]["index"]
+    tensors = [d for d in probe.get_tensor_details() if d["dtype"] == np.float32 and len(d["shape"]) == 4]
+    moments: dict[str, ChannelMoments] = {}
+    extremes: dict[str, list[float]] = {}
+    for sample in samples:
+        probe.set_tensor(input_index, sample)
+        probe.invoke()
+        for d in tensors:
+            try:
+                values = probe.get_tensor(d["index"])
+            except ValueError:  # a tensor the runtime does not keep (e.g. a constant folded away)
+                continue
+            moments.setdefault(d["name"], ChannelMoments(channel_axis=-1)).add(values)
+            acc = extremes.setdefault(d["name"], [0.0, 0.0])
+            acc[0] += float(values.min())
+            acc[1] += float(values.max())
+    return {
+        name: m.noise_to_signal(extremes[name][0] / m.images, extremes[name][1] / m.images)
+        for name, m in moments.items()
+    }
+
+
+def _ops_touching(float_model: Path, tensors: list[str]) -> list[tuple[str, str]]:
+    """(scope, op name) of the ops that produce or read any of ``tensors``."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fbu
+
+    if not tensors:
+        return []
+    model = fbu.read_model(str(float_model))
+    graph = model.subgraphs[0]
+    codes = [code.builtinCode for code in model.operatorCodes]
+    wanted = set(tensors)
+    names = [fbu.get_tensor_name(t) for t in graph.tensors]
+    return sorted(
+        {
+            (fbu.get_op_scope(op, graph.tensors), _op_name(fbu, codes[op.opcodeIndex]))
+            for op in graph.operators
+            if wanted & {names[i] for i in [*op.inputs, *op.outputs] if i >= 0}
+        }
+    )
+
+
+def _op_name(fbu: Any, code: int) -> str | None:
+    return getattr(fbu.TFL_OP_CODE_TO_NAME.get(code), "value", None)
 
 
 def _output_tail_scopes(float_model: Path) -> list[str]:
@@ -293,11 +388,7 @@ def _output_tail_scopes(float_model: Path) -> list[str]:
     stack = list(graph.outputs)
     while stack:
         op = producer.get(stack.pop())
-        if (
-            op is None
-            or id(op) in seen
-            or getattr(fbu.TFL_OP_CODE_TO_NAME.get(codes[op.opcodeIndex]), "value", None) not in _TAIL_OPS
-        ):
+        if op is None or id(op) in seen or _op_name(fbu, codes[op.opcodeIndex]) not in _TAIL_OPS:
             continue
         seen.add(id(op))
         scopes.append(fbu.get_op_scope(op, graph.tensors))
@@ -386,7 +477,7 @@ def _spec_input_range(model: Any) -> tuple[float, float] | None:
     return min(ends), max(ends)
 
 
-def _read_back(path: Path, num_calibration: int, keep_float: str | None) -> TfliteInt8Result:
+def _read_back(path: Path, num_calibration: int, keep_float: str | None, noisy: list[str]) -> TfliteInt8Result:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
@@ -422,6 +513,7 @@ def _read_back(path: Path, num_calibration: int, keep_float: str | None) -> Tfli
         op_counts=dict(sorted(Counter(op["op_name"] for op in ops).items())),
         float_ops=dict(sorted(float_ops.items())),
         recipe={**INT8_RECIPE, **({"kept_float": keep_float} if keep_float else {})},
+        float_activations=tuple(noisy),
     )
     log.info(
         "wrote INT8 TFLite %s (%.2f MB, int8 input scale %.6g zero point %d, float ops %s)",
