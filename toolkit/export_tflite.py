@@ -17,6 +17,10 @@ YOLOX-Nano with litert-torch 0.10 / torch 2.14 (see the export report for the nu
 
 ai-edge-quantizer works on the TFLite graph itself, so the output assembly can stay float exactly.
 
+Activations that 8-bit rounding would drown (``calibration.noise``: noise above 1/1000 of their
+channels' variance) stay float: the ops that produce and read them compute in float, convolutions
+among them with int8 weights dequantized once at load. Without this YOLOX-Nano lost 8 AP points.
+
 The quantized file is then compacted (``compact_tflite``): without it, tensor names and per-channel
 zero points made FastestDet's INT8 file 50 % of its float32 file instead of 27 %.
 """
@@ -322,8 +326,10 @@ def _quantize_static(
 def _noise_to_signal(float_model: Path, samples: list[np.ndarray]) -> dict[str, float]:
     """``calibration.noise`` ratio of every 4-D (NHWC) float tensor of the float model.
 
-    The 8-bit range is the one ai-edge-quantizer's min/max calibration converges to: the mean over images
-    of each image's extremes.
+    The 8-bit range is approximated as the mean over images of each image's extremes (what a moving
+    average of min/max tends to). Measured on YOLOX-Nano: this rule flags 110 tensors and the file keeps
+    fp32 accuracy (pedestrian 0.359, stop sign 0.785 against 0.353 / 0.792); ranking on the ranges
+    ai-edge-quantizer's calibration returned flagged 65 and left pedestrian at 0.305.
     """
     from ai_edge_litert.interpreter import Interpreter
 
