@@ -210,8 +210,9 @@ def test_noise_to_signal_flags_a_tensor_whose_channels_differ_in_scale() -> None
 
     for stds, noisy in (((30.0, 0.05), True), ((30.0, 30.0), False)):
         batch = inputs(stds)
-        ranges = activation_ranges(proto, lambda b=batch: b)
-        ratios = noise_to_signal(proto, batch, ranges)
+        moments: dict = {}
+        ranges = activation_ranges(proto, lambda b=batch: b, channel_moments=moments)
+        ratios = noise_to_signal(moments, ranges)
         assert set(ratios) == {"x", "y"}
         assert (ratios["x"] > MAX_NOISE_TO_SIGNAL) is noisy, (stds, ratios)
 

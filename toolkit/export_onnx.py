@@ -326,13 +326,14 @@ def quantize_onnx_int8(
         onnx.save(source, str(source_path))
 
         # Activation ranges from the calibration images, handed to ORT as a MinMax calibration cache.
-        ranges = activation_ranges(source, lambda: iter_tensors(calibration_set, input_spec), method)
+        moments: dict[str, ChannelMoments] | None = {} if max_noise_to_signal is not None else None
+        ranges = activation_ranges(source, lambda: iter_tensors(calibration_set, input_spec), method, moments)
         cache = Path(tmp) / "ranges.json"
         _write_cache(quantization, ranges, cache)
 
         noisy: list[str] = []
-        if max_noise_to_signal is not None:
-            ratios = noise_to_signal(source, iter_tensors(calibration_set, input_spec), ranges)
+        if moments is not None and max_noise_to_signal is not None:
+            ratios = noise_to_signal(moments, ranges)
             noisy = sorted(name for name, r in ratios.items() if r > max_noise_to_signal)
         excluded = tuple(
             dict.fromkeys(
@@ -407,32 +408,28 @@ def nodes_touching(proto: Any, tensors: Iterable[str]) -> list[str]:
 
 
 def noise_to_signal(
-    proto: Any, tensors: Iterable[np.ndarray], ranges: Mapping[str, tuple[float, float]]
+    channel_moments: Mapping[str, ChannelMoments], ranges: Mapping[str, tuple[float, float]]
 ) -> dict[str, float]:
-    """``calibration.noise`` ratio of every 4-D (NCHW) float tensor that has an 8-bit range.
+    """``calibration.noise`` ratio of every tensor with channel moments and an 8-bit range.
 
     Args:
-        proto: The fp32 ``onnx.ModelProto``.
-        tensors: Model inputs (batch of one), e.g. the calibration images.
+        channel_moments: From ``activation_ranges(..., channel_moments=...)``.
         ranges: The 8-bit ranges (``activation_ranges``).
 
     Returns:
         Tensor name -> mean over channels of rounding-noise power / channel variance.
     """
-    session = _probe_session(proto)
-    moments: dict[str, ChannelMoments] = {}
-    for values in _probe(session, tensors):
-        for name, v in values.items():
-            if v.ndim == 4 and name in ranges:
-                moments.setdefault(name, ChannelMoments(channel_axis=1)).add(v)
-    return {name: m.noise_to_signal(*ranges[name]) for name, m in moments.items()}
+    return {name: m.noise_to_signal(*ranges[name]) for name, m in channel_moments.items() if name in ranges}
 
 
 # --- activation ranges ----------------------------------------------------------------------------------
 
 
 def activation_ranges(
-    proto: Any, tensors: Callable[[], Iterable[np.ndarray]], method: Method = "mse"
+    proto: Any,
+    tensors: Callable[[], Iterable[np.ndarray]],
+    method: Method = "mse",
+    channel_moments: dict[str, ChannelMoments] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Range (always containing 0) of every float tensor of the graph, from calibration inputs.
 
@@ -444,6 +441,8 @@ def activation_ranges(
         tensors: Returns a fresh iterable of model inputs (batch of one) on each call; it is read twice
             rather than holding a few hundred input tensors in memory.
         method: ``mse``, ``percentile`` or ``minmax``.
+        channel_moments: Filled during the first pass with the per-channel moments of every 4-D
+            (NCHW) tensor, for ``noise_to_signal``.
 
     Returns:
         Tensor name -> (low, high).
@@ -454,6 +453,8 @@ def activation_ranges(
         for name, v in values.items():
             lo_hi = extremes.setdefault(name, [np.inf, -np.inf])
             lo_hi[0], lo_hi[1] = min(lo_hi[0], float(v.min())), max(lo_hi[1], float(v.max()))
+            if channel_moments is not None and v.ndim == 4:
+                channel_moments.setdefault(name, ChannelMoments(channel_axis=1)).add(v)
     if method == "minmax":
         return {k: (min(lo, 0.0), max(hi, 0.0)) for k, (lo, hi) in extremes.items()}
 
