@@ -73,32 +73,6 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
                                                                      if result.stopped_early else ""))
 
 
-@cli.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for qat.pt and qat_summary.json.")
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=None,
-              help="Relative change of each weight tensor per step (default: toolkit.qat.DEFAULT_LR, 1e-4).")
-@click.option("--max-train-images", type=int, help="Use a random subset of the training photos (quick trials).")
-@click.pass_context
-def qat(ctx: click.Context, checkpoint: Path, out_dir: Path, epochs: int, lr: float | None,
-        max_train_images: int | None) -> None:
-    """Experimental: quantization-aware fine-tune of CHECKPOINT under simulated INT8.
-
-    Prints the simulated INT8 AP per epoch (qat_summary.json). Measured on YOLOX-Nano: 3 epochs raised it
-    from 0.508 to 0.510 only, far from fp32's 0.572 (README, "Export, INT8"). Export the result as usual:
-    edgesight export OUT/qat.pt --all --out bundles/
-    """
-    from toolkit.qat import DEFAULT_LR, quantization_aware_finetune
-
-    result = quantization_aware_finetune(checkpoint, out_dir, epochs=epochs, lr=lr or DEFAULT_LR,
-                                         mirror=ctx.obj["mirror"], max_train_images=max_train_images)
-    click.echo(f"\nquantization-aware checkpoint: {result.checkpoint}")
-    click.echo(_ap_table({"source (float)": result.source_metrics, "after QAT (float)": result.metrics}))
-    click.echo(f"wall time: {result.wall_seconds / 60:.1f} min")
-
-
 def _ap_table(rows: dict[str, dict]) -> str:
     """Markdown table of EvalResult dicts, one row per model."""
     lines = ["| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP |",

@@ -466,12 +466,6 @@ def activation_ranges(
     return {k: rule(hists[k], *extremes[k]) for k in extremes}
 
 
-def mse_range(values: np.ndarray) -> tuple[float, float]:
-    """The 8-bit range (containing 0) minimising the expected quantization error of ``values``."""
-    lo, hi = float(values.min()), float(values.max())
-    return _mse_range(_histogram(values, lo, hi), lo, hi)
-
-
 def _probe_session(proto: Any) -> Any:
     """A session that outputs every intermediate tensor (non-float ones are dropped when read)."""
     onnx = require("onnx", "export", "INT8 calibration")
