@@ -137,6 +137,28 @@ def test_gate_stops_a_badly_calibrated_int8_file_and_writes_nothing(checkpoint, 
     assert list(out_root.iterdir()) == []  # neither the bundle nor a staging folder
 
 
+def test_a_full_integer_file_that_fails_is_quantized_again_with_noisy_activations_float(
+    checkpoint, mirror: Path, tmp_path: Path
+) -> None:
+    # The same broken calibration as above: its full-integer file fails; the second try keeps the activations
+    # that 8-bit rounding drowns in float, and this time the gate passes.
+    cal = select_calibration(dark_calibration(mirror, tmp_path / "dark"), count=4, allow_few=True)
+    export(
+        checkpoint,
+        tmp_path / "int8",
+        "onnx",
+        "int8",
+        mirror=str(mirror),
+        val_limit=VAL_IMAGES,
+        calibration_set=cal,
+        latency_runs=1,
+    )
+    quantization = load_bundle(tmp_path / "int8").manifest.quantization
+    assert quantization["full_integer_gate"]["passed"] is False
+    assert quantization["float_activations"]
+    assert "The full-integer file failed the gate" in (tmp_path / "int8" / "REPORT.md").read_text()
+
+
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(checkpoint, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a bundle folder"):

@@ -172,8 +172,8 @@ def main() -> None:
 @click.option("--allow-few-calibration", is_flag=True, help="Accept fewer calibration images than the minimum.")
 @click.option("--val-images", type=int, help="Evaluate on N evenly spaced validation images only (quick trials).")
 @click.option("--max-noise-to-signal", type=float, default=MAX_NOISE_TO_SIGNAL, show_default=True,
-              help="INT8: activations whose 8-bit rounding noise exceeds this share of their channels' variance "
-                   "stay float; raise it for more integer layers, 'inf' quantizes every activation.")
+              help="INT8: when the full-integer file fails the gate, quantize again keeping float the activations "
+                   "whose 8-bit rounding noise exceeds this share of their channels' variance ('inf': never).")
 @click.pass_context
 def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision: str | None, export_every: bool,
                out: Path, max_drop: float, calibration_images: int, allow_few_calibration: bool,
