@@ -155,7 +155,7 @@ class Focus(nn.Module):
         # (top-left, bottom-left, top-right, bottom-right). A kxk conv over that equals a 2k x 2k conv of
         # stride 2 over the image, whose tap (2ky + dy, 2kx + dx) takes the weight of (ky, kx) in that block
         # (YOLOv5 6.0 made the same swap). Upstream's four stride-2 slices were STRIDED_SLICE ops that
-        # XNNPACK cannot run: a third of the float TFLite latency (28.5 vs 19.6 ms, 1 thread).
+        # XNNPACK cannot run: a third of the float TFLite latency (28.6 vs 19.5 ms, 1 thread).
         conv = self.conv
         weight = conv.conv.weight
         cout, _, k, _ = weight.shape

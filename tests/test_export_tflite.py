@@ -189,7 +189,7 @@ def xnnpack_partitions(path: Path) -> tuple[list[str], int]:
 def test_float_graph_stays_in_xnnpack(exported, request):
     # XNNPACK cannot run a strided slice; each one cut the graph out of the delegate. FastestDet's 26
     # channel-split slices made 16 partitions (10.3 ms against 5.4 ms without them, one run, 1 thread)
-    # and YOLOX-Nano's Focus slices cost it 28.5 against 19.6 ms. What stays outside is the
+    # and YOLOX-Nano's Focus slices cost it 28.6 against 19.5 ms. What stays outside is the
     # nearest-neighbour upsampling (and FastestDet's -inf max-pool padding): at most 3 partitions.
     ops, partitions = xnnpack_partitions(request.getfixturevalue(exported))
     assert "STRIDED_SLICE" not in ops
