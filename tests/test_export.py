@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -115,22 +116,27 @@ def dark_calibration(mirror: Path, folder: Path) -> list[Sample]:
     return samples
 
 
+def export_dark_int8(checkpoint: Path, mirror: Path, tmp_path: Path, dest: Path, **options: Any) -> None:
+    """ONNX INT8 export of ``checkpoint`` into ``dest``, calibrated on 4 dark crops."""
+    cal = select_calibration(dark_calibration(mirror, tmp_path / "dark"), count=4, allow_few=True)
+    export(
+        checkpoint,
+        dest,
+        "onnx",
+        "int8",
+        mirror=str(mirror),
+        val_limit=VAL_IMAGES,
+        calibration_set=cal,
+        latency_runs=1,
+        **options,
+    )
+
+
 def test_gate_stops_a_badly_calibrated_int8_file_and_writes_nothing(checkpoint, mirror: Path, tmp_path: Path) -> None:
     # Every activation quantized (no noise-to-signal escape), ranges from 4 dark crops: the file must fail.
-    cal = select_calibration(dark_calibration(mirror, tmp_path / "dark"), count=4, allow_few=True)
     out_root = tmp_path / "bundles"
     with pytest.raises(AccuracyGateError) as err:
-        export(
-            checkpoint,
-            out_root / "int8",
-            "onnx",
-            "int8",
-            mirror=str(mirror),
-            val_limit=VAL_IMAGES,
-            calibration_set=cal,
-            latency_runs=1,
-            max_noise_to_signal=math.inf,
-        )
+        export_dark_int8(checkpoint, mirror, tmp_path, out_root / "int8", max_noise_to_signal=math.inf)
     message = str(err.value)
     assert "| mean |" in message and "FAIL" in message and "calibrated on 4 images" in message
     assert "--max-drop" in err.value.fix
@@ -142,17 +148,7 @@ def test_a_full_integer_file_that_fails_is_quantized_again_with_noisy_activation
 ) -> None:
     # The same broken calibration as above: its full-integer file fails; the second try keeps the activations
     # that 8-bit rounding drowns in float, and this time the gate passes.
-    cal = select_calibration(dark_calibration(mirror, tmp_path / "dark"), count=4, allow_few=True)
-    export(
-        checkpoint,
-        tmp_path / "int8",
-        "onnx",
-        "int8",
-        mirror=str(mirror),
-        val_limit=VAL_IMAGES,
-        calibration_set=cal,
-        latency_runs=1,
-    )
+    export_dark_int8(checkpoint, mirror, tmp_path, tmp_path / "int8")
     quantization = load_bundle(tmp_path / "int8").manifest.quantization
     assert quantization["full_integer_gate"]["passed"] is False
     assert quantization["float_activations"]
