@@ -231,6 +231,22 @@ def test_draw_detections_boxes_labels_and_threshold() -> None:
     assert tuple(shown[50, 400]) == class_colour(1)
 
 
+def test_draw_keeps_labels_of_boxes_with_the_same_top_apart() -> None:
+    # Two detections one behind the other: the better one keeps its label above the box; the other's label
+    # moves inside its own box instead of hiding under the first.
+    img = np.full((480, 640, 3), 128, np.uint8)
+    det = Detections(
+        np.array([[100, 120, 200, 400], [104, 123, 204, 400]], np.float32),
+        np.array([0.9, 0.6], np.float32),
+        np.array([0, 1], np.int64),
+    )
+    out = draw_detections(img, det, LABELS)
+    above = out[95:118, 101:160].reshape(-1, 3)
+    assert (above == class_colour(0)).all(1).mean() > 0.5 and not (above == class_colour(1)).all(1).any()
+    inside = out[126:146, 106:160].reshape(-1, 3)
+    assert (inside == class_colour(1)).all(1).mean() > 0.5
+
+
 def test_draw_scales_line_width_with_the_image() -> None:
     det = Detections(np.array([[0.1, 0.1, 0.6, 0.9]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int64))
 
