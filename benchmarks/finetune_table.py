@@ -29,8 +29,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from models import create_model
-    from models.base import TARGET_CLASSES
-    from models.checkpoint import load_checkpoint
+    from models.base import TARGET_CLASSES, at_input_size
+    from models.checkpoint import load_checkpoint, read_checkpoint
     from toolkit.data import to_coco
     from toolkit.datasets import default_splits
     from toolkit.detector import TorchDetector
@@ -49,7 +49,14 @@ def main() -> None:
     }
     for item in args.run:
         name, path = item.split("=", 1)
-        detectors[f"{name} fine-tuned"] = TorchDetector(load_checkpoint(Path(path)), EVAL_SCORE_THRESHOLD)
+        tuned = load_checkpoint(Path(path))
+        size = tuned.spec.input.width
+        zero = create_model(read_checkpoint(Path(path))["arch"])
+        if size != zero.spec.input.width:
+            # Separates what the larger input buys from what training adds.
+            zero.spec = at_input_size(zero.spec, size)
+            detectors[f"{name} zero-shot at {size}"] = TorchDetector(zero, EVAL_SCORE_THRESHOLD)
+        detectors[f"{name} fine-tuned at {size}"] = TorchDetector(tuned, EVAL_SCORE_THRESHOLD)
     for peer in load_peers(Path(args.mirror) / "weights" / "peers", threads=1):
         if peer.name != "yolox-nano":  # the same network as the zero-shot row above
             detectors[f"{peer.name} (peer, COCO)"] = peer

@@ -128,15 +128,16 @@ def decode_fastestdet(raw: np.ndarray, spec: DecodeSpec, width: int, height: int
     """FastestDet raw output (5 + C, H, W) -> boxes xyxy in input pixels, per-class scores (H*W, C).
 
     Box centres are offsets within the cell (tanh), sizes are fractions of the whole input (sigmoid),
-    as in the authors' runtime example.
+    as in the authors' runtime example; of ``spec.size_basis`` pixels when the model runs at another
+    size than the one it learned.
     """
     c, gh, gw = raw.shape
     flat = raw.reshape(c, -1).T
     gy, gx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
     cx = (gx.reshape(-1) + np.tanh(flat[:, 1])) / gw * width
     cy = (gy.reshape(-1) + np.tanh(flat[:, 2])) / gh * height
-    bw = 1.0 / (1.0 + np.exp(-flat[:, 3])) * width
-    bh = 1.0 / (1.0 + np.exp(-flat[:, 4])) * height
+    bw = 1.0 / (1.0 + np.exp(-flat[:, 3])) * (spec.size_basis or width)
+    bh = 1.0 / (1.0 + np.exp(-flat[:, 4])) * (spec.size_basis or height)
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
     obj = np.clip(flat[:, 0:1], 0.0, 1.0)
     cls = np.clip(flat[:, 5 : 5 + spec.num_classes], 0.0, 1.0)

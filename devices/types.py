@@ -84,6 +84,9 @@ class DecodeSpec:
         score_threshold: Detections below this score are dropped.
         nms_iou: IoU above which a lower-scored box of the same class is suppressed.
         max_detections: At most this many detections per frame, best first.
+        size_basis: ``fastestdet`` only: the input size (pixels) whose fractions its width/height terms are.
+            The weights learn it at their training size; a model run at another size keeps it (None: the
+            input width and height, i.e. the model runs at the size it learned).
     """
 
     kind: Literal["yolox", "fastestdet"]
@@ -92,6 +95,7 @@ class DecodeSpec:
     score_threshold: float = 0.25
     nms_iou: float = 0.45
     max_detections: int = 100
+    size_basis: int | None = None
 
 
 @dataclass(frozen=True)

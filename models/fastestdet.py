@@ -202,7 +202,8 @@ class FastestDet(nn.Module):
 
     Output contract of ``forward`` (the authors' ONNX output): (B, 5 + C, H/16, W/16) with channel 0 the
     sigmoid objectness, 1-4 the raw box terms (tx, ty: tanh offsets within the cell; tw, th: sigmoid
-    fractions of the input size) and 5.. the softmax class probabilities. Input: float (B, 3, H, W), BGR,
+    fractions of the input size it learned at, ``spec.decode.size_basis`` once run at another size) and 5..
+    the softmax class probabilities. Input: float (B, 3, H, W), BGR,
     already scaled to 0-1; H and W multiples of 32 (352 for the pretrained weights).
 
     Keeping the other COCO classes: the classes are one softmax and the objectness does not say which

@@ -105,6 +105,26 @@ def test_eval_on_a_bundle_equals_the_runtime_by_hand(onnx_fp32, val_json: Path, 
     assert manifest.accuracy.map == pytest.approx(expected.map, abs=1e-9)
 
 
+def test_a_model_trained_above_its_size_exports_at_that_size(mirror: Path, tmp_path: Path) -> None:
+    from models.base import at_input_size
+    from models.checkpoint import load_checkpoint
+    from toolkit.detector import TorchDetector
+
+    model = create_model("fastestdet", num_classes=2, pretrained=True, mirror=str(mirror))
+    model.spec = at_input_size(model.spec, 416)
+    ckpt = save_checkpoint(tmp_path / "best.pt", model, "fastestdet")
+    (result,) = export(ckpt, tmp_path / "b", "onnx", "fp32", mirror=str(mirror), val_limit=4, latency_runs=1).written
+    manifest = load_bundle(result.path).manifest
+    assert (manifest.input.width, manifest.input.height, manifest.decode.size_basis) == (416, 416, 352)
+    # The device decodes the file's output as PyTorch does: same boxes, same scores.
+    frame = cv2.imread(str(mirror / "datasets/roadsign_kaggle_stop/images/road22.png"), cv2.IMREAD_COLOR)
+    got = BundleDetector(result.path)(frame)
+    want = TorchDetector(load_checkpoint(ckpt))(frame)
+    assert len(want) and len(got) == len(want)
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=0.5)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+
+
 def dark_calibration(mirror: Path, folder: Path) -> list[Sample]:
     """Near-black crops of real photos: a calibration set nothing like the camera's frames."""
     folder.mkdir()

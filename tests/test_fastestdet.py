@@ -15,7 +15,7 @@ import torch
 from devices.errors import ConfigError, ModelFileError
 from devices.processing import decode_fastestdet, postprocess, preprocess
 from devices.types import DecodeSpec
-from models.base import COCO_ROWS, TARGET_CLASSES
+from models.base import COCO_ROWS, TARGET_CLASSES, at_input_size
 from models.fastestdet import (
     FASTESTDET_COCO,
     FASTESTDET_COCO_ONNX,
@@ -216,3 +216,39 @@ def test_spec_is_the_authors_preprocessing(task_model: FastestDet) -> None:
     assert (spec.input.width, spec.input.height, spec.input.resize) == (352, 352, "stretch")
     assert spec.input.channel_order == "BGR" and spec.input.scale == pytest.approx(1 / 255)
     assert spec.decode == DecodeSpec(kind="fastestdet", strides=(16,), num_classes=2)
+
+
+def _stop_size_ratio(mirror: Path, model: FastestDet, spec, photos: int = 12) -> float:
+    """Median over real street photos of sqrt(area) of the best stop-sign box / that of the nearest true one."""
+    ratios = []
+    for xml in sorted((mirror / ROADSIGNS / "annotations").glob("*.xml"))[:photos]:
+        truth = _stop_boxes(xml)
+        frame = cv2.imread(str(mirror / ROADSIGNS / "images" / f"{xml.stem}.png"), cv2.IMREAD_COLOR)
+        x, placement = preprocess(frame, spec.input)
+        dets = postprocess(_run(model, x)[0], spec.decode, spec.input, placement, frame.shape)
+        stops = dets.select(dets.class_ids == TARGET_CLASSES.index("stop_sign"))
+        if len(stops) and len(truth):
+            box = stops.boxes[0]
+            centre = (box[:2] + box[2:]) / 2
+            near = truth[np.abs((truth[:, :2] + truth[:, 2:]) / 2 - centre).sum(1).argmin()]
+            area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+            ratios.append(np.sqrt(area(box) / area(near)))
+    assert len(ratios) >= photos - 2
+    return float(np.median(ratios))
+
+
+def test_run_above_its_size_keeps_boxes_true_to_size(mirror: Path, task_model: FastestDet) -> None:
+    # Width and height are fractions of the 352 input the weights learned: at 416 the same sign spans
+    # 416/352 more input pixels, so read as fractions of 416 every box is drawn 18 % too large.
+    spec = at_input_size(task_model.spec, 416)
+    assert (spec.input.width, spec.decode.size_basis) == (416, 352)
+    assert at_input_size(spec, 352) == task_model.spec
+    assert _stop_size_ratio(mirror, task_model, spec) == pytest.approx(1.0, abs=0.05)
+    naive = dataclasses.replace(spec, decode=dataclasses.replace(spec.decode, size_basis=None))
+    assert _stop_size_ratio(mirror, task_model, naive) > 1.12
+
+
+@pytest.mark.parametrize("size", [0, 400, 417])
+def test_input_size_must_be_a_multiple_of_32(task_model: FastestDet, size: int) -> None:
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        at_input_size(task_model.spec, size)

@@ -144,4 +144,9 @@ def test_best_checkpoint_never_trades_one_class_for_the_other() -> None:
     assert not improves_on(_metrics(0.31, 0.71), _metrics(0.31, 0.73), zero)
     # Unless the user allows it (--allow-class-drop).
     assert improves_on(_metrics(0.29, 0.80), zero, zero, protect_classes=False)
+    # Trained above the pretrained size, no class may fall below either zero-shot run: here the published
+    # model at its own size is the better one on stop signs.
+    native = _metrics(0.28, 0.75)
+    assert not improves_on(_metrics(0.31, 0.74), zero, zero, native=native)
+    assert improves_on(_metrics(0.31, 0.75), zero, zero, native=native)
 

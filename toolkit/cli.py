@@ -38,6 +38,8 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
               help="Architecture (default yolox-nano, the accurate tier).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON file with recipe fields (see TrainConfig); flags override it.")
+@click.option("--imgsz", type=int, help="Square input size, a multiple of 32 (default: 512 YOLOX-Nano, 416 "
+              "FastestDet; their pretrained sizes are 416 and 352).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -61,14 +63,18 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if model:
         fields["model"] = model
-    result = run_train(recipe(**fields), out_dir, mirror=ctx.obj["mirror"], resume=resume)
+    config = recipe(**fields)
+    result = run_train(config, out_dir, mirror=ctx.obj["mirror"], resume=resume)
     if result is None:
         return
     click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")
     if result.best_epoch == 0:
         click.echo("no epoch beat the zero-shot model on every class without losing another, so best.pt is the "
                    "zero-shot model (last.pt holds the last epoch; --allow-class-drop keeps the best mean AP).")
-    click.echo(_ap_table({"zero-shot": result.zero_shot, "fine-tuned": result.metrics}))
+    rows = {"zero-shot (pretrained size)": result.zero_shot_native} if result.zero_shot_native else {}
+    size = f" ({config.imgsz})" if config.imgsz else ""
+    rows |= {f"zero-shot{size}": result.zero_shot, f"fine-tuned{size}": result.metrics}
+    click.echo(_ap_table(rows))
     click.echo(f"wall time: {result.wall_seconds / 60:.1f} min" + (" (stopped by --max-minutes)"
                                                                      if result.stopped_early else ""))
 

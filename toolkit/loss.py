@@ -58,8 +58,8 @@ def read_dense(logits: torch.Tensor, decode: DecodeSpec, width: int, height: int
     grid, stride = _grid((height // gh,), width, height, logits.device)
     cx = (grid[:, 0] + torch.tanh(flat[..., 1])) / gw * width
     cy = (grid[:, 1] + torch.tanh(flat[..., 2])) / gh * height
-    bw = torch.sigmoid(flat[..., 3]) * width
-    bh = torch.sigmoid(flat[..., 4]) * height
+    bw = torch.sigmoid(flat[..., 3]) * (decode.size_basis or width)
+    bh = torch.sigmoid(flat[..., 4]) * (decode.size_basis or height)
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
     return Dense(boxes, flat[..., 0], flat[..., 5:], (grid + 0.5) * stride[:, None], stride, True)
 
