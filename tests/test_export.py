@@ -242,3 +242,43 @@ def test_cli_export_wants_format_and_precision_or_all(checkpoint: Path, tmp_path
     assert run.exit_code == 2 and "drop --format/--precision" in run.output
     run = CliRunner().invoke(cli, ["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path)])
     assert run.exit_code == 2 and "pass --format and --precision, or --all" in run.output
+
+
+def test_int8_tries_run_fastest_first_and_stop_at_the_first_that_passes(monkeypatch, tmp_path: Path) -> None:
+    """The ladder itself, with the quantizer and the gate replaced: which tries run, what the manifest keeps."""
+    import toolkit.export as ex
+    from devices.types import DecodeSpec, InputSpec
+
+    tried: list[tuple[float | None, bool]] = []
+
+    def fake_stage(run, fmt, fp32, cal, noise, reduce_range=False):
+        folder = tmp_path / f"try{len(tried)}"
+        folder.mkdir()
+        tried.append((noise, reduce_range))
+        manifest = ex.Manifest(format=fmt, precision="int8", model_file="m", files={}, input=InputSpec(32, 32),
+                               decode=DecodeSpec("fastestdet", (16,), 2), labels=("a", "b"), arch="fastestdet",
+                               quantization={"reduce_range": reduce_range})
+        return ex._Staged("s", folder, fmt, "int8", manifest)
+
+    def fake_gate(staged, fp32, max_drop):
+        passed = staged.manifest.quantization["reduce_range"]  # only the 7-bit file passes
+        return ex.GateResult("onnx", max_drop, (ex.GateCheck("stop_sign", 0.66, 0.65, 1.4 if not passed else 0.3,
+                                                             passed),))
+
+    monkeypatch.setattr(ex, "_stage_int8", fake_stage)
+    monkeypatch.setattr(ex, "_apply_gate", fake_gate)
+    staged, gate = ex._stage_gated_int8(None, "onnx", None, None, 1.0, 1e-3)
+    assert tried == [(None, False), (1e-3, False), (1e-3, True)] and gate.passed
+    assert {k for k in staged.manifest.quantization if k.endswith("_gate")} == {
+        "full_integer_gate", "eight_bit_weights_gate"}
+    assert [p.name for p in tmp_path.iterdir()] == ["try2"]  # refused tries leave nothing behind
+    assert "7 bits" in "\n".join(ex._report_float_activations(
+        dataclasses.replace(staged.manifest, quantization={**staged.manifest.quantization,
+                                                          "float_activations": ["x"]})))
+    # TFLite has no 7-bit try; with --max-noise-to-signal inf only the full-integer file is tried.
+    tried.clear()
+    ex._stage_gated_int8(None, "tflite", None, None, 1.0, 1e-3)
+    assert tried == [(None, False), (1e-3, False)]
+    tried.clear()
+    ex._stage_gated_int8(None, "onnx", None, None, 1.0, math.inf)
+    assert tried == [(None, False)]
