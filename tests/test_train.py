@@ -150,3 +150,14 @@ def test_best_checkpoint_never_trades_one_class_for_the_other() -> None:
     assert not improves_on(_metrics(0.31, 0.74), zero, zero, native=native)
     assert improves_on(_metrics(0.31, 0.75), zero, zero, native=native)
 
+
+
+def test_recipe_names_a_bad_setting_and_defaults_each_tier_to_its_size() -> None:
+    from devices.errors import ConfigError
+    from toolkit.train import recipe
+
+    assert (recipe().imgsz, recipe(model="fastestdet").imgsz, recipe(imgsz=448).imgsz) == (512, 416, 448)
+    with pytest.raises(ConfigError, match="imgsz: Input should be a multiple of 32"):
+        recipe(imgsz=400)
+    with pytest.raises(ConfigError, match="epochs"):
+        recipe(epochs=0)

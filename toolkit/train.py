@@ -30,12 +30,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.ops import nms
 from torchvision.transforms import v2
 
+from devices.errors import ConfigError
 from devices.processing import place
 from devices.types import InputSpec
 from models import create_model
@@ -61,7 +62,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: Literal["yolox-nano", "fastestdet"] = "yolox-nano"
-    imgsz: int | None = Field(None, ge=32, description="Square input size, a multiple of 32 (None: the "
+    imgsz: int | None = Field(None, ge=32, multiple_of=32, description="Square input size, a multiple of 32 (None: the "
                               "pretrained size, 416 YOLOX-Nano / 352 FastestDet).")
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -98,7 +99,11 @@ RECIPES: dict[str, dict] = {
 def recipe(**fields: object) -> TrainConfig:
     """The default recipe of ``fields["model"]`` with ``fields`` on top (the user's settings win)."""
     model = fields.get("model", TrainConfig.model_fields["model"].default)
-    return TrainConfig(**{**RECIPES.get(str(model), {}), **fields})
+    try:
+        return TrainConfig(**{**RECIPES.get(str(model), {}), **fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid training setting: {problems}", "fix that flag or --config field") from None
 
 
 @dataclass(frozen=True)
