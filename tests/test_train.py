@@ -161,3 +161,22 @@ def test_recipe_names_a_bad_setting_and_defaults_each_tier_to_its_size() -> None
         recipe(imgsz=400)
     with pytest.raises(ConfigError, match="epochs"):
         recipe(epochs=0)
+
+
+@pytest.mark.slow
+def test_label_rows_only_changes_nothing_but_the_stop_sign_rows(mirror: Path, tmp_path: Path) -> None:
+    from devices.errors import ConfigError
+    from models.checkpoint import read_checkpoint
+    from toolkit.train import recipe, train
+
+    fields = {"epochs": 1, "batch_size": 2, "max_train_images": 4, "max_val_images": 2, "imgsz": 320}
+    assert recipe(**fields).label_rows_only  # the YOLOX-Nano default
+    train(recipe(**fields), tmp_path, mirror=str(mirror), progress=False)
+    tuned = read_checkpoint(tmp_path / "last.pt")["state_dict"]
+    pretrained = create_model("yolox-nano", num_classes=2, pretrained=True, mirror=str(mirror)).state_dict()
+    changed = {k for k, v in pretrained.items() if not torch.equal(v, tuned[k])}
+    assert changed and all(k.startswith("head.cls_preds.") for k in changed), changed
+    for k in changed:  # row 0 (pedestrian) bit for bit, row 1 (stop sign) learned
+        assert torch.equal(tuned[k][0], pretrained[k][0]) and not torch.equal(tuned[k][1], pretrained[k][1])
+    with pytest.raises(ConfigError, match="share a softmax"):
+        recipe(model="fastestdet", label_rows_only=True)

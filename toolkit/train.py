@@ -6,7 +6,8 @@ The recipe (each choice measured; see README "Training recipe"):
   zero-shot model, and it is the checkpoint to beat: best.pt is only replaced by a better validation AP
   with no class below the zero-shot model, at the training size and at the pretrained size;
 - the input is larger than the pretrained one (``imgsz``: 512 YOLOX-Nano, 416 FastestDet), which is
-  what gains pedestrian AP (README "Input size");
+  what gains pedestrian AP (README "Input size"); YOLOX-Nano then trains only its stop-sign score rows
+  (``label_rows_only``), so its pedestrian outputs stay the pretrained model's exactly;
 - the frozen 80-class COCO model is the teacher: it pseudo-labels people in the photos whose datasets
   do not annotate people, and its outputs are distilled on every anchor (toolkit/loss.py);
 - batch-norm statistics stay frozen (YOLOX-Nano's are folded into its convolutions, and batches of a
@@ -30,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.ops import nms
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Parameter-name prefix of each architecture's ImageNet/COCO feature extractor (frozen by default).
 _BACKBONE_PREFIX = {"yolox-nano": "backbone.backbone.", "fastestdet": "backbone."}
+#: Parameter-name prefix of the class-score layers, one row per output class, where each class has its own
+#: sigmoid (``label_rows_only``). FastestDet's classes share one softmax, so no row there stands alone.
+_CLASS_ROWS_PREFIX = {"yolox-nano": "head.cls_preds."}
 
 
 class TrainConfig(BaseModel):
@@ -84,14 +88,27 @@ class TrainConfig(BaseModel):
     video_frames: int = Field(0, ge=0, description="Unlabelled frames per bundled video (teacher-labelled).")
     protect_classes: bool = Field(True, description="best.pt never has a class below its zero-shot AP.")
     max_val_images: int | None = Field(None, ge=1)
+    label_rows_only: bool = Field(
+        False,
+        description="Train only the class-score rows of label_classes: every other output (boxes, objectness, "
+        "the other classes) stays the pretrained model's exactly. No weight decay (it would shrink the frozen "
+        "rows). YOLOX-Nano only.",
+    )
+
+    @model_validator(mode="after")
+    def _rows_stand_alone(self) -> TrainConfig:
+        if self.label_rows_only and self.model not in _CLASS_ROWS_PREFIX:
+            raise ValueError(f"label_rows_only needs one sigmoid per class; {self.model}'s classes share a softmax")
+        return self
 
 
 #: Per-architecture recipe defaults, measured (README "Training recipe"): FastestDet's softmax head forgets
 #: pedestrians faster, so it trains slower, longer, under a strong pull toward the teacher (distillation 100,
 #: of six 12-epoch variants the one whose pedestrian AP stayed highest; see the README sweep). Both train
-#: above their pretrained size: small, distant people gain most (README "Input size").
+#: above their pretrained size: small, distant people gain most (README "Input size"). At 512 every YOLOX-Nano
+#: epoch that trained the whole head lost pedestrians, so only its stop-sign score rows learn.
 RECIPES: dict[str, dict] = {
-    "yolox-nano": {"imgsz": 512},
+    "yolox-nano": {"imgsz": 512, "label_rows_only": True, "lr": 1e-3},
     "fastestdet": {"lr": 1e-4, "distill_weight": 100.0, "epochs": 10, "imgsz": 416},
 }
 
@@ -102,7 +119,9 @@ def recipe(**fields: object) -> TrainConfig:
     try:
         return TrainConfig(**{**RECIPES.get(str(model), {}), **fields})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
+        )
         raise ConfigError(f"invalid training setting: {problems}", "fix that flag or --config field") from None
 
 
@@ -257,6 +276,16 @@ class _Logits(torch.nn.Module):
         return self.model.logits(x)
 
 
+def _train_rows_only(model: torch.nn.Module, prefix: str, rows: list[int]) -> None:
+    """Freeze everything but ``rows`` of the class-score layers under ``prefix`` (gradients masked)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefix))
+        if p.requires_grad:
+            mask = torch.zeros_like(p)
+            mask[rows] = 1.0
+            p.register_hook(lambda grad, mask=mask: grad * mask)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -337,6 +366,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     if config.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[config.model]))
+    if config.label_rows_only:
+        _train_rows_only(model, _CLASS_ROWS_PREFIX[config.model], supervised.tolist())
 
     dataset = DetectionDataset(train_samples, spec.input, augment=True)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
@@ -347,7 +378,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(wrapped)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    weight_decay = 0.0 if config.label_rows_only else config.weight_decay
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=weight_decay)
     total_steps = config.epochs * len(loader)
     warmup = max(1, int(config.warmup_fraction * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup))
