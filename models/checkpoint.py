@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from devices.bundle import file_sha256
 from devices.errors import ModelFileError
 from devices.types import DecodeSpec, InputSpec, ModelSpec
-from models.hub import sha256_file
 from models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,6 @@ def load_checkpoint(path: Path) -> torch.nn.Module:
     model = create_model(payload["arch"], num_classes=payload["num_classes"], pretrained=False)
     model.load_state_dict(payload["state_dict"], strict=True)
     model.spec = spec_from_dict(payload["spec"])
-    model.source_sha256 = sha256_file(Path(path))
+    model.source_sha256 = file_sha256(path)
     log.info("loaded %s (%s, %d classes)", path, payload["arch"], payload["num_classes"])
     return model.eval()

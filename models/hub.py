@@ -7,7 +7,6 @@ relative paths as ``../shared`` in this repository's development setup.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from devices.bundle import file_sha256
 from devices.errors import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -49,19 +49,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "edgesight")).expanduser()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(path: Path, sha256: str, what: str) -> Path:
     """Check a file's sha256; raise ModelFileError naming the file and the fix on mismatch."""
     if not path.is_file():
         raise ModelFileError(f"{what}: file not found: {path}", "check the path or the mirror root")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if actual != sha256:
         raise ModelFileError(
             f"{what}: {path} has sha256 {actual}, expected {sha256} "

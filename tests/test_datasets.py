@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import tarfile
+import zipfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -167,6 +169,26 @@ def _jpeg_bytes(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, payloads: dict[str, bytes]) -> list[str]:
+    """No mirror, the cache in ``tmp_path``, and the network replaced by ``payloads`` (URL -> bytes)."""
+    urls: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
+        urls.append(url)
+        return io.BytesIO(payloads[url])
+
+    monkeypatch.delenv("EDGESIGHT_MIRROR", raising=False)
+    monkeypatch.setenv("EDGESIGHT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", fake_urlopen)
+    return urls
+
+
+def _unpinned(monkeypatch: pytest.MonkeyPatch, name: str, **changes: object) -> None:
+    """Replace a record's content digest (the fakes are not the real set) and any other field."""
+    changes.setdefault("content_sha256", "")
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], **changes))
+
+
 def test_load_dataset_without_mirror_extracts_the_pinned_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,18 +206,15 @@ def test_load_dataset_without_mirror_extracts_the_pinned_snapshot(
     }
     link = tarfile.TarInfo(f"{top}/train/images/link.jpg")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    payload = _tar_gz(files, [link])
-    urls = []
+    urls = _offline(monkeypatch, tmp_path, {record.upstream.url: _tar_gz(files, [link])})
 
-    def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
-        urls.append(url)
-        return io.BytesIO(payload)
+    # The pinned digest is the real set's: this two-photo stand-in is refused, naming the set and the fix.
+    with pytest.raises(DataError, match=r"roboflow_stop_signs .* is not the pinned set.*\n.*download it again"):
+        load_dataset("roboflow_stop_signs")
 
-    monkeypatch.delenv("EDGESIGHT_MIRROR", raising=False)
-    monkeypatch.setenv("EDGESIGHT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", fake_urlopen)
+    _unpinned(monkeypatch, "roboflow_stop_signs")
     samples = load_dataset("roboflow_stop_signs")
-    assert urls == [record.upstream.url]
+    assert urls == [record.upstream.url]  # extracted once, cached since
     assert len(samples) == 2
     assert samples[0].boxes.tolist() == [[312.0, 312.0, 520.0, 520.0]] and samples[0].labels.tolist() == [STOP]
     root = tmp_path / "cache/datasets/roboflow_stop_signs" / record.upstream.commit
@@ -204,3 +223,79 @@ def test_load_dataset_without_mirror_extracts_the_pinned_snapshot(
     assert not (tmp_path / "cache/escape.txt").exists()
     load_dataset("roboflow_stop_signs")  # cached: no second download
     assert len(urls) == 1
+
+
+def _zip(files: dict[str, bytes], links: dict[str, str] = {}) -> bytes:  # noqa: B006 (read only)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        for name, target in links.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def test_release_assets_are_extracted_and_put_where_the_record_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """coco128's images are release zips, not in its git tree; the labels come wrapped in another folder."""
+    record = DATASETS["coco128"]
+    assert record.assets and all(u.startswith("https://github.com/lightly-ai/coco128_yolo/releases/") for u in record.assets)
+    images_url, labels_url = "https://example.test/images.zip", "https://example.test/object_detection.zip"
+    _unpinned(monkeypatch, "coco128", assets=(images_url, labels_url))
+    top = f"coco128_yolo-{record.upstream.commit}"
+    payloads = {
+        record.upstream.url: _tar_gz({f"{top}/README.md": b"# coco128"}),
+        images_url: _zip(
+            {"images/train2017/000000000001.jpg": _jpeg_bytes((64, 48)),
+             "images/val2017/000000000002.jpg": _jpeg_bytes((64, 48)),
+             "../zip-escape.txt": b"must not be written"},
+            links={"images/train2017/000000000003.jpg": "/etc/passwd"},
+        ),  # fmt: skip
+        labels_url: _zip({"object_detection/labels/train2017/000000000001.txt": b"0 0.5 0.5 0.5 0.5\n",
+                          "object_detection/labels/val2017/000000000002.txt": b"11 0.5 0.5 0.25 0.25\n",
+                          "object_detection/config.yaml": b"path: ."}),  # fmt: skip
+    }
+    urls = _offline(monkeypatch, tmp_path, payloads)
+    samples = load_dataset("coco128")
+    assert urls == [record.upstream.url, images_url, labels_url]
+    assert sorted((s.subset, s.labels.tolist()) for s in samples) == [("train", [0]), ("val", [STOP])]
+    root = tmp_path / "cache/datasets/coco128" / record.upstream.commit
+    assert (root / "labels/train2017/000000000001.txt").is_file()
+    assert not (root / "images/train2017/000000000003.jpg").exists()
+    assert not list(tmp_path.rglob("zip-escape.txt"))
+
+
+def test_archives_without_a_folder_the_record_reads_are_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = DATASETS["coco128"]
+    images_url = "https://example.test/images.zip"
+    _unpinned(monkeypatch, "coco128", assets=(images_url,))
+    _offline(monkeypatch, tmp_path, {
+        record.upstream.url: _tar_gz({f"coco128_yolo-{record.upstream.commit}/README.md": b"# coco128"}),
+        images_url: _zip({"images/train2017/000000000001.jpg": _jpeg_bytes((64, 48))}),
+    })  # fmt: skip
+    with pytest.raises(DataError, match=r"0 folders ending in 'labels/train2017'.*\n.*--mirror"):
+        load_dataset("coco128")
+    assert not (tmp_path / "cache/datasets/coco128" / record.upstream.commit / ".complete").exists()
+
+
+def test_a_changed_photo_in_the_mirror_is_refused(mirror: Path, tmp_path: Path) -> None:
+    """Every load checks the content digest: one edited image in a mirrored set names the set."""
+    src = mirror / DATASETS["roadsign_kaggle_stop"].mirror_path
+    dst = tmp_path / DATASETS["roadsign_kaggle_stop"].mirror_path
+    for path in src.rglob("*"):
+        if path.is_file():
+            (dst / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / path.relative_to(src)).symlink_to(path)
+    assert len(load_dataset("roadsign_kaggle_stop", tmp_path)) == 91  # links to the real files: the pinned set
+    photo = dst / "images/road302.png"
+    photo.unlink()
+    image = np.asarray(Image.open(src / "images/road302.png")).copy()
+    image[0, 0] ^= 1  # one pixel, one bit
+    Image.fromarray(image).save(photo)
+    with pytest.raises(DataError, match=r"dataset roadsign_kaggle_stop at .* is not the pinned set"):
+        load_dataset("roadsign_kaggle_stop", tmp_path)

@@ -15,6 +15,7 @@ regions, and boxes thinner than one pixel after clipping to the image, each with
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -33,6 +34,7 @@ from xml.parsers import expat
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from devices.bundle import file_sha256
 from devices.errors import ConfigError, DataError
 from models.base import TARGET_CLASSES
 
@@ -903,3 +905,11 @@ def render_report(report: dict) -> str:
     lines.append(f"{'class':<14}" + "".join(f"{b:>10}" for b in bins))
     lines += [f"{n:<14}" + "".join(f"{c[b]:>10}" for b in bins) for n, c in report["size_bins"].items()]
     return "\n".join(lines)
+
+
+def samples_sha256(samples: Sequence[Sample]) -> str:
+    """Hash of an evaluation set: each image's content hash with its boxes and labels, order-independent."""
+    entries = sorted(
+        f"{file_sha256(s.image_path)}:{np.round(s.boxes, 2).tolist()}:{s.labels.tolist()}" for s in samples
+    )
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()

@@ -28,15 +28,16 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from devices.errors import ConfigError, DataError
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import MIRROR_ENV, cache_dir, mirror_root
-from toolkit.data import Sample, read_coco, read_voc, read_yolo
+from toolkit.data import Sample, read_coco, read_voc, read_yolo, samples_sha256
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ class DatasetRecord:
         orphan_labels: YOLO label files without an image: ``error`` or ``skip``.
         require_label: Keep only images with at least one box of this target class (None: keep all).
             The mirror holds the Kaggle road-sign photos that contain a stop sign; upstream has all 877.
+        content_sha256: ``samples_sha256`` of the images the readers keep (their bytes, boxes and labels),
+            measured on the mirrored files. Every load checks it, mirror or download: it pins the content
+            whatever the archive or folder layout it came in.
+        assets: Zip archives (release assets) extracted over the snapshot, for sets whose images are not
+            in the git tree.
         note: Anything a user fetching the set must know.
     """
 
@@ -133,6 +139,8 @@ class DatasetRecord:
     group_fn: Callable[[Path], str] | None = None
     orphan_labels: Literal["error", "skip"] = "error"
     require_label: str | None = None
+    content_sha256: str = ""
+    assets: tuple[str, ...] = ()
     note: str = ""
 
 
@@ -153,6 +161,11 @@ DATASETS: dict[str, DatasetRecord] = {
             labels_people=True,
             group_fn=coco_group,
             orphan_labels="skip",
+            content_sha256="8c24811470aaa51faaba473ea97c75f1e9cfa1247ee29b28ffce43119902bfee",
+            assets=(
+                "https://github.com/lightly-ai/coco128_yolo/releases/download/v0.0.2/images.zip",
+                "https://github.com/lightly-ai/coco128_yolo/releases/download/v0.0.2/object_detection.zip",
+            ),
             note="The images are release assets (v0.0.2 images.zip + object_detection.zip), not in the git "
             "tree; the COCO json of the train half is developer0hye/COCO128@47a3de3 "
             "annotations/instances_train2017.json.",
@@ -167,6 +180,7 @@ DATASETS: dict[str, DatasetRecord] = {
             labels_people=False,
             group_fn=kaggle_road_group,
             require_label="stop_sign",
+            content_sha256="543393696bda46bafda65f03f3a60e3378ee16940748ed961744311edc9a7fbe",
         ),
         DatasetRecord(
             name="roboflow_stop_signs",
@@ -178,6 +192,7 @@ DATASETS: dict[str, DatasetRecord] = {
             names=("Pole", "Sign"),  # data.yaml; poles are not a target class and are dropped
             labels_people=False,
             group_fn=roboflow_group,
+            content_sha256="adc0a2093c1ca1e6f46e9089e2cb8622b955091f8b1c0785f2232ded44bc7234",
         ),
     )
 }
@@ -203,61 +218,108 @@ def get_record(name: str) -> DatasetRecord:
 # ------------------------------------------------------------------------------------------ fetching
 
 
-def _safe_member(member: tarfile.TarInfo, prefix: str) -> str | None:
-    """Path of a tar member under ``prefix``, relative to it; None for anything else or unsafe."""
-    parts = Path(member.name).parts[1:]  # drop the "<repo>-<commit>/" folder codeload adds
-    rel = Path(*parts) if parts else Path()
+def _safe_relative(name: str, prefix: str) -> str | None:
+    """``name`` relative to ``prefix``; None when outside it, empty, absolute or climbing out with ``..``."""
+    rel = Path(name)
     if prefix:
         try:
             rel = rel.relative_to(prefix)
         except ValueError:
             return None
-    if not member.isfile() or rel.is_absolute() or ".." in rel.parts or not rel.parts:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         return None
     return rel.as_posix()
 
 
-def fetch_snapshot(record: DatasetRecord) -> Path:
-    """Download the record's pinned GitHub snapshot and extract its folder into the cache.
+def _download(url: str, what: str, into: BinaryIO) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            shutil.copyfileobj(resp, into)
+    except OSError as exc:
+        raise DataError(
+            f"could not download dataset {what} from {url}: {exc}",
+            f"connect to the internet, or set {MIRROR_ENV} to a folder holding the mirrored datasets/",
+        ) from exc
+    into.seek(0)
 
-    Not exercised by the test suite (no network in CI); the mirror path is what tests read.
+
+def _extract_tar(archive: BinaryIO, prefix: str, dest: Path) -> None:
+    """Regular files under ``prefix`` of a codeload tarball (its ``<repo>-<commit>/`` folder dropped)."""
+    with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+        for member in tar:
+            inner = "/".join(Path(member.name).parts[1:])
+            rel = _safe_relative(inner, prefix) if member.isfile() else None
+            if rel is None:
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                shutil.copyfileobj(src, out)
+
+
+def _extract_zip(archive: BinaryIO, dest: Path) -> None:
+    """Regular files of a zip archive; links and paths that climb out are skipped."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+            rel = None if info.is_dir() or is_link else _safe_relative(info.filename, "")
+            if rel is None:
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+
+
+def _place_parts(record: DatasetRecord, root: Path) -> None:
+    """Move each part's folder to where the record reads it, wherever the archives put it.
+
+    Release archives wrap their folders differently (``object_detection/labels/...`` beside ``images/...``);
+    a folder is found by the end of its path, and the content digest checks the result afterwards.
+    """
+    for part in record.parts:
+        for rel in (part.images, part.labels):
+            if (root / rel).exists():
+                continue
+            found = [p for p in root.rglob(Path(rel).name) if p.as_posix().endswith("/" + rel)]
+            if len(found) != 1:
+                raise DataError(
+                    f"dataset {record.name}: the downloaded archives hold {len(found)} folders ending in '{rel}'",
+                    f"fetch the set by hand into {MIRROR_ENV}/{record.mirror_path} (layout: {part.images}, "
+                    f"{part.labels}) and pass --mirror",
+                )
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(found[0], root / rel)
+
+
+def fetch_snapshot(record: DatasetRecord) -> Path:
+    """Download the record's pinned GitHub snapshot (and release assets) and extract it into the cache.
+
+    Not exercised against the network by the test suite (no network in CI); the mirror path is what the
+    other tests read, and ``load_dataset`` checks the content digest either way.
 
     Returns:
         The extracted set root, ``<cache>/datasets/<name>/<commit>``.
 
     Raises:
-        DataError: The download failed.
+        DataError: A download failed, or the archives lack a folder the record reads.
     """
     dest = cache_dir() / "datasets" / record.name / record.upstream.commit
     done = dest / ".complete"
     if done.is_file():
         return dest
-    url = record.upstream.url
-    log.info("downloading %s (%s) -> %s", record.name, url, dest)
+    log.info("downloading %s (%s) -> %s", record.name, record.upstream.url, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".partial-"))
     try:
         with tempfile.TemporaryFile() as archive:
-            try:
-                with urllib.request.urlopen(url, timeout=120) as resp:
-                    shutil.copyfileobj(resp, archive)
-            except OSError as exc:
-                raise DataError(
-                    f"could not download dataset {record.name} from {url}: {exc}",
-                    f"connect to the internet, or set {MIRROR_ENV} to a folder holding {record.mirror_path}",
-                ) from exc
-            archive.seek(0)
-            # Extract member by member: only regular files under the set's folder, never links or
-            # paths that climb out of the destination.
-            with tarfile.open(fileobj=archive, mode="r:gz") as tar:
-                for member in tar:
-                    rel = _safe_member(member, record.upstream.subpath)
-                    if rel is None:
-                        continue
-                    target = staging / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, out)
+            _download(record.upstream.url, record.name, archive)
+            _extract_tar(archive, record.upstream.subpath, staging)
+        for url in record.assets:
+            with tempfile.TemporaryFile() as archive:
+                _download(url, record.name, archive)
+                _extract_zip(archive, staging)
+        _place_parts(record, staging)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
@@ -321,6 +383,13 @@ def load_dataset(name: str, mirror: str | os.PathLike | None = None) -> list[Sam
         kept = [s for s in samples if (s.labels == label).any()]
         log.info("%s: kept %d of %d images that contain a %s", name, len(kept), len(samples), record.require_label)
         samples = kept
+    digest = samples_sha256(samples)
+    if record.content_sha256 and digest != record.content_sha256:
+        raise DataError(
+            f"dataset {name} at {root} is not the pinned set: content sha256 {digest[:16]}..., expected "
+            f"{record.content_sha256[:16]}... ({len(samples)} images read)",
+            f"restore an unmodified copy of {record.mirror_path} (or delete {root} to download it again)",
+        )
     return samples
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -58,7 +57,7 @@ from devices.errors import AccuracyGateError, ConfigError, ModelFileError, requi
 from devices.processing import preprocess
 from devices.runner import BundleDetector
 from models.hub import resolve
-from toolkit.data import Sample, load_image, to_coco
+from toolkit.data import Sample, load_image, samples_sha256, to_coco
 from toolkit.evaluate import EVAL_SCORE_THRESHOLD, EvalResult, evaluate
 
 log = logging.getLogger(__name__)
@@ -1054,14 +1053,6 @@ def to_accuracy(result: EvalResult, dataset: str, dataset_sha256: str, runtime: 
         runtime=runtime,
         score_threshold=EVAL_SCORE_THRESHOLD,
     )
-
-
-def samples_sha256(samples: Sequence[Sample]) -> str:
-    """Hash of an evaluation set: each image's content hash with its boxes and labels, order-independent."""
-    entries = sorted(
-        f"{file_sha256(s.image_path)}:{np.round(s.boxes, 2).tolist()}:{s.labels.tolist()}" for s in samples
-    )
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
