@@ -6,8 +6,8 @@ import dataclasses
 import io
 import re
 import tarfile
-import zipfile
 import xml.etree.ElementTree as ET
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -242,7 +242,8 @@ def test_release_assets_are_extracted_and_put_where_the_record_reads_them(
 ) -> None:
     """coco128's images are release zips, not in its git tree; the labels come wrapped in another folder."""
     record = DATASETS["coco128"]
-    assert record.assets and all(u.startswith("https://github.com/lightly-ai/coco128_yolo/releases/") for u in record.assets)
+    releases = "https://github.com/lightly-ai/coco128_yolo/releases/"
+    assert record.assets and all(u.startswith(releases) for u in record.assets)
     images_url, labels_url = "https://example.test/images.zip", "https://example.test/object_detection.zip"
     _unpinned(monkeypatch, "coco128", assets=(images_url, labels_url))
     top = f"coco128_yolo-{record.upstream.commit}"
@@ -253,10 +254,10 @@ def test_release_assets_are_extracted_and_put_where_the_record_reads_them(
              "images/val2017/000000000002.jpg": _jpeg_bytes((64, 48)),
              "../zip-escape.txt": b"must not be written"},
             links={"images/train2017/000000000003.jpg": "/etc/passwd"},
-        ),  # fmt: skip
+        ),
         labels_url: _zip({"object_detection/labels/train2017/000000000001.txt": b"0 0.5 0.5 0.5 0.5\n",
                           "object_detection/labels/val2017/000000000002.txt": b"11 0.5 0.5 0.25 0.25\n",
-                          "object_detection/config.yaml": b"path: ."}),  # fmt: skip
+                          "object_detection/config.yaml": b"path: ."}),
     }
     urls = _offline(monkeypatch, tmp_path, payloads)
     samples = load_dataset("coco128")

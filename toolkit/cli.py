@@ -50,6 +50,9 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
 @click.option("--protect-classes/--allow-class-drop", default=None,
               help="Keep best.pt only from epochs where no class is below its zero-shot AP (default).")
 @click.option("--workers", type=int, help="Data-loading processes.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Your own annotated photos, added to the bundled sets (repeatable): a COCO .json, or a YOLO "
+              "(data.yaml) or Pascal VOC folder.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Continue from a last.pt.")
 @click.pass_context
@@ -60,7 +63,7 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     from toolkit.train import train as run_train
 
     fields = json.loads(config_file.read_text()) if config_file else {}
-    fields.update({k: v for k, v in overrides.items() if v is not None})
+    fields.update({k: v for k, v in overrides.items() if v is not None and v != ()})
     if model:
         fields["model"] = model
     config = recipe(**fields)
@@ -138,13 +141,15 @@ def predict(ctx: click.Context, model_ref: str, inputs: tuple[Path, ...], out_di
 
 @cli.command("data")
 @click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True)
+@click.option("--data", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Also read your own set, as `train --data` would (repeatable).")
 @click.pass_context
-def data_cmd(ctx: click.Context, split: str) -> None:
-    """Report the bundled training data: images and boxes per class and source, box sizes."""
+def data_cmd(ctx: click.Context, split: str, data: tuple[Path, ...]) -> None:
+    """Report the training data: images and boxes per class and source, box sizes."""
     from toolkit.data import data_report, render_report
     from toolkit.datasets import default_splits
 
-    train_s, val_s = default_splits(mirror=ctx.obj["mirror"])
+    train_s, val_s = default_splits(mirror=ctx.obj["mirror"], data=data)
     samples = {"all": train_s + val_s, "train": train_s, "val": val_s}[split]
     click.echo(render_report(data_report(samples)))
 

@@ -313,7 +313,9 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _default_group(source: str, root: Path) -> GroupFn:
+def path_group(source: str, root: Path) -> GroupFn:
+    """Photos identified by ``<source>/<path under root without suffix>`` (the readers' default)."""
+
     def group(path: Path) -> str:
         return f"{source}/{path.relative_to(root).with_suffix('').as_posix()}"
 
@@ -418,7 +420,7 @@ def read_yolo(
     _require_dir(images_dir, "images")
     _require_dir(labels_dir, "labels")
     cmap = ClassMap.of(class_map)
-    group_fn = group_fn or _default_group(source, images_dir)
+    group_fn = group_fn or path_group(source, images_dir)
 
     # Pair images with label files by relative path without suffix.
     images: dict[Path, Path] = {}
@@ -592,7 +594,7 @@ def read_voc(
     _require_dir(images_dir, "images")
     _require_dir(ann_dir, "annotations")
     cmap = ClassMap.of(class_map)
-    group_fn = group_fn or _default_group(source, images_dir)
+    group_fn = group_fn or path_group(source, images_dir)
     xml_files = sorted(ann_dir.glob("*.xml"))
     if not xml_files:
         raise DataError(
@@ -710,7 +712,7 @@ def read_coco(
     if not images:
         raise DataError(f"{json_path}: the 'images' list is empty", "check the file; an empty set is never skipped")
     cmap = ClassMap.of(class_map)
-    group_fn = group_fn or _default_group(source, images_dir)
+    group_fn = group_fn or path_group(source, images_dir)
 
     # Index annotations by image, refusing ids that point nowhere.
     image_ids = {img.get("id") for img in images}

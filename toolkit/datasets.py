@@ -38,6 +38,7 @@ from devices.errors import ConfigError, DataError
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import MIRROR_ENV, cache_dir, mirror_root
 from toolkit.data import Sample, read_coco, read_voc, read_yolo, samples_sha256
+from toolkit.userdata import read_user_datasets
 
 log = logging.getLogger(__name__)
 
@@ -445,14 +446,24 @@ DEFAULT_DATASETS: tuple[str, ...] = ("coco128", "roadsign_kaggle_stop", "roboflo
 
 
 def default_splits(
-    mirror: str | os.PathLike | None = None, val_fraction: float = 0.2, seed: int = 0
+    mirror: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    data: Sequence[str | os.PathLike] = (),
 ) -> tuple[list[Sample], list[Sample]]:
-    """The trainer's default data: the three bundled sets, split together by photo.
+    """The trainer's data: the three bundled sets, split together by photo, plus the user's ``data`` sets.
 
-    Splitting them together is what keeps the Kaggle road-sign photos that Roboflow also ships on one
-    side of the split.
+    Splitting the bundled sets together is what keeps the Kaggle road-sign photos that Roboflow also
+    ships on one side of the split. The user's sets (``edgesight train --data``, ``toolkit.userdata``) are
+    split by photo the same way, keeping a split of their own where their export has one, so the
+    validation AP covers their photos too.
     """
     samples = [s for name in DEFAULT_DATASETS for s in load_dataset(name, mirror)]
     train, val = split(samples, val_fraction, seed)
     log.info("default split: %d train / %d val images", len(train), len(val))
+    if data:
+        own_train, own_val = split(read_user_datasets(data), val_fraction, seed)
+        log.info("--data: %d train / %d val images", len(own_train), len(own_val))
+        # Theirs first: `--max-val-images` trials then validate on the user's photos.
+        train, val = own_train + train, own_val + val
     return train, val

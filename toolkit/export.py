@@ -434,11 +434,16 @@ def _run_context(
         timings: dict[str, float] = {}
         start = time.perf_counter()
         checkpoint = Path(checkpoint)
-        arch = str(read_checkpoint(checkpoint)["arch"])
+        payload = read_checkpoint(checkpoint)
+        arch = str(payload["arch"])
+        # Photos the checkpoint was trained on beside the bundled sets (`train --data`): calibration and
+        # the gate use them as training did.
+        data = json.loads(payload.get("data", "[]"))
         model = load_checkpoint(checkpoint)
-        train, val = default_splits(mirror=mirror)
+        train, val = default_splits(mirror=mirror, data=data)
         description = (
-            "default split, validation part (coco128, roadsign_kaggle_stop, roboflow_stop_signs; 20 %, seed 0)"
+            "default split, validation part (coco128, roadsign_kaggle_stop, roboflow_stop_signs"
+            + "".join(f", {p}" for p in data) + "; 20 %, seed 0)"
         )
         if val_limit is not None and val_limit < len(val):
             val = evenly_spaced(val, val_limit)

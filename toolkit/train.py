@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 from torchvision.ops import nms
@@ -88,12 +88,25 @@ class TrainConfig(BaseModel):
     video_frames: int = Field(0, ge=0, description="Unlabelled frames per bundled video (teacher-labelled).")
     protect_classes: bool = Field(True, description="best.pt never has a class below its zero-shot AP.")
     max_val_images: int | None = Field(None, ge=1)
+    data: tuple[str, ...] = Field(
+        (),
+        description="Your own annotated photos (COCO .json, YOLO or VOC folder; toolkit.userdata), trained and "
+        "validated beside the bundled sets.",
+    )
     label_rows_only: bool = Field(
         False,
         description="Train only the class-score rows of label_classes: every other output (boxes, objectness, "
         "the other classes) stays the pretrained model's exactly. No weight decay (it would shrink the frozen "
         "rows). YOLOX-Nano only.",
     )
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _absolute(cls, paths: object) -> object:
+        # Absolute, so that best.pt tells `edgesight export` where the photos are from any directory.
+        if isinstance(paths, list | tuple):
+            return tuple(str(Path(p).expanduser().resolve()) for p in paths)
+        return paths
 
     @model_validator(mode="after")
     def _rows_stand_alone(self) -> TrainConfig:
@@ -332,7 +345,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Data: deterministic grouped split of the three real sets.
-    train_samples, val_samples = default_splits(mirror=mirror)
+    train_samples, val_samples = default_splits(mirror=mirror, data=config.data)
     if config.one_copy_per_photo:
         train_samples = one_per_group(train_samples, config.seed)
     for name in VIDEOS if config.video_frames else ():
@@ -398,7 +411,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     elif rank == 0:
         zero_shot = validate(model, val_json)
         best_metrics, best_epoch = zero_shot, 0
-        save_checkpoint(out_dir / "best.pt", model, config.model, epoch=0, metrics=json.dumps(zero_shot))
+        save_checkpoint(out_dir / "best.pt", model, config.model, epoch=0, metrics=json.dumps(zero_shot),
+                        data=json.dumps(config.data))
         log.info("zero-shot: mean AP %.4f", _score(zero_shot))
     else:
         zero_shot, best_metrics, best_epoch = {}, {}, 0
@@ -444,7 +458,8 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
                      _score(best_metrics), best_epoch)
             if improves_on(metrics, best_metrics, zero_shot, config.protect_classes, zero_shot_native):
                 best_metrics, best_epoch = metrics, epoch
-                save_checkpoint(out_dir / "best.pt", model, config.model, epoch=epoch, metrics=json.dumps(metrics))
+                save_checkpoint(out_dir / "best.pt", model, config.model, epoch=epoch, metrics=json.dumps(metrics),
+                                data=json.dumps(config.data))
         if rank == 0:
             save_checkpoint(out_dir / "last.pt", model, config.model, epoch=epoch,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
