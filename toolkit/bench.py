@@ -30,10 +30,11 @@ import cv2
 import numpy as np
 
 from devices.errors import ConfigError, require
+from devices.host import machine
 from devices.runner import BundleDetector
 from toolkit.data import load_image
 from toolkit.evaluate import EVAL_SCORE_THRESHOLD, EvalResult, evaluate
-from toolkit.export import evenly_spaced, machine, percentile, time_frame
+from toolkit.export import evenly_spaced, percentile, time_frame
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -54,6 +53,7 @@ from devices.bundle import (
     write_manifest,
 )
 from devices.errors import AccuracyGateError, ConfigError, ModelFileError, require
+from devices.host import machine
 from devices.processing import preprocess
 from devices.runner import BundleDetector
 from models.hub import resolve
@@ -1067,19 +1067,6 @@ def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
     if n < 1:
         raise ConfigError(f"val_limit={n} leaves no validation image", "pass a positive number, or none")
     return [items[(i * len(items)) // n] for i in range(n)]
-
-
-def machine() -> str:
-    """A short description of this CPU, for latency notes."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
