@@ -44,7 +44,7 @@ def read_user_dataset(path: str | os.PathLike) -> list[Sample]:
         DataError: The path is missing, its layout is none of the three, or the files are malformed (the
             readers name the file and the line).
     """
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().resolve()  # so that "--data ." is named after its folder
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder", "pass a COCO .json file, a YOLO or a VOC folder")
     source = f"data:{path.stem if path.is_file() else path.name}"
