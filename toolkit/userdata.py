@@ -18,6 +18,7 @@ people in its photos are pseudo-labelled by the teacher instead of being learnt 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -79,8 +80,6 @@ def read_user_datasets(paths: Sequence[str | os.PathLike]) -> list[Sample]:
 
 def _coco_images_dir(json_path: Path) -> Path:
     """The folder the json's ``file_name`` entries are relative to: its own, or the one under it holding them."""
-    import json
-
     try:
         images = json.loads(json_path.read_text()).get("images") or []
     except (OSError, ValueError, AttributeError):
