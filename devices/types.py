@@ -105,3 +105,20 @@ class ModelSpec:
     input: InputSpec
     decode: DecodeSpec
     labels: tuple[str, ...] = field(default=("pedestrian", "stop_sign"))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame from a source, with when it was captured.
+
+    Attributes:
+        image: BGR uint8 (H, W, 3).
+        index: Frame number at the source, counting every frame read (also those dropped later), from 0.
+        time: Wall-clock capture time (``time.time()``), for events.
+        mono: ``time.monotonic()`` at capture, for frame ages and latencies.
+    """
+
+    image: np.ndarray = field(repr=False)
+    index: int
+    time: float
+    mono: float

@@ -1,34 +1,17 @@
-"""The ``edgesight`` command line. Each command is a thin wrapper over one library function."""
+"""Workstation commands: train, eval, predict, data, export, bench."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 
 import click
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL
-from devices.errors import EdgesightError
+from toolkit.cli.base import cli
 
 log = logging.getLogger(__name__)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--mirror", type=click.Path(file_okay=False), envvar="EDGESIGHT_MIRROR",
-              help="Local mirror of the upstream weights and datasets (e.g. ../shared). Without it, "
-                   "files are downloaded from their pinned upstream URLs into ~/.cache/edgesight.")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-@click.pass_context
-def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
-    """edgesight: fine-tune, quantize and deploy pedestrian and stop-sign detectors to edge devices."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if mirror:
-        os.environ["EDGESIGHT_MIRROR"] = str(Path(mirror).resolve())
-    ctx.obj = {"mirror": str(Path(mirror).resolve()) if mirror else None}
 
 
 @cli.command()
@@ -152,20 +135,6 @@ def data_cmd(ctx: click.Context, split: str, data: tuple[Path, ...]) -> None:
     train_s, val_s = default_splits(mirror=ctx.obj["mirror"], data=data)
     samples = {"all": train_s + val_s, "train": train_s, "val": val_s}[split]
     click.echo(render_report(data_report(samples)))
-
-
-def main() -> None:
-    """Console entry point: user errors print their fix and exit 2, without a traceback."""
-    try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except EdgesightError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
 
 
 @cli.command("export")

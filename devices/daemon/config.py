@@ -1,0 +1,191 @@
+"""The daemon's configuration: one YAML file, validated before anything opens.
+
+``edgesight run --bundle B --source S`` needs no file: every field has a default that works on a
+Raspberry Pi. A file (``edgesight run --config camera.yaml``) sets any of them; ``edgesight config
+check`` validates one and ``edgesight config schema`` prints the JSON schema for editors.
+
+Every model forbids unknown fields (a typo is an error naming the field, not a silently ignored
+setting). Times are in seconds, boxes and zones in pixels of the camera frame unless a field says
+``normalized``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    """Where frames come from (URIs as jetson-utils spells them)."""
+
+    uri: str = Field(
+        description="A video file, an image folder, v4l2:///dev/video0 or a camera index (0), rtsp://, http(s)://, "
+        "csi://0 (picamera2 on a Raspberry Pi), or a GStreamer pipeline ending in 'appsink'.",
+    )
+    loop: bool = Field(False, description="File sources: start again at the end instead of ending the run.")
+    realtime: bool | None = Field(
+        None,
+        description="File sources: deliver frames at the file's frame rate, dropping what the detector cannot keep up "
+        "with, as a camera would (None: false for `run`, every frame as fast as possible; true for `demo`).",
+    )
+    stale_after: float = Field(10.0, gt=0, description="Seconds without a frame before the source is reopened.")
+    open_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a stream to open.")
+    read_timeout: float = Field(5.0, gt=0, description="Seconds one read may block inside OpenCV/FFmpeg.")
+    reconnect_initial: float = Field(1.0, gt=0, description="First wait before reopening a lost source.")
+    reconnect_max: float = Field(30.0, gt=0, description="Longest wait between reopen attempts (doubling backoff).")
+    width: int | None = Field(None, ge=16, description="Requested capture width (cameras only).")
+    height: int | None = Field(None, ge=16, description="Requested capture height (cameras only).")
+    fps: float | None = Field(None, gt=0, description="Requested capture frame rate (cameras only).")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport; tcp survives lossy Wi-Fi.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceConfig:
+        if self.reconnect_max < self.reconnect_initial:
+            raise ValueError(
+                f"reconnect_max ({self.reconnect_max}) is below reconnect_initial ({self.reconnect_initial}); "
+                "set reconnect_max to at least reconnect_initial"
+            )
+        return self
+
+
+class MotionConfig(_Model):
+    """The motion gate: the detector runs only when something moved (or every ``max_idle`` seconds)."""
+
+    enabled: bool = True
+    width: int = Field(160, ge=16, description="Width of the small grey frame the difference is taken on.")
+    pixel_delta: int = Field(25, ge=1, le=255, description="Grey-level change that counts a pixel as changed.")
+    min_area: float = Field(
+        0.002, gt=0, lt=1, description="Share of the frame's pixels that must change for motion."
+    )
+    max_idle: float = Field(5.0, gt=0, description="Run the detector at least this often, so still objects are seen.")
+    lighting_jump: float = Field(
+        0.5, gt=0, le=1, description="A change over more than this share of the frame is a lighting jump, not motion."
+    )
+
+
+class ClassRule(_Model):
+    """Per-class filtering of detections and tracks."""
+
+    min_score: float = Field(0.3, ge=0, le=1, description="A single detection counts from this score.")
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="A track becomes an object when the median score over the track reaches this."
+    )
+    min_area: float = Field(0.0, ge=0, description="Smallest box area in pixels.")
+
+
+def _default_classes() -> dict[str, ClassRule]:
+    return {"pedestrian": ClassRule(), "stop_sign": ClassRule()}
+
+
+class TrackerConfig(_Model):
+    """IoU tracking across frames."""
+
+    iou: float = Field(0.3, gt=0, lt=1, description="Smallest IoU that continues a track.")
+    min_hits: int = Field(3, ge=1, description="Frames with the object before a track becomes an object (a 'new').")
+    max_missing: float = Field(2.0, gt=0, description="Seconds without the object before its track ends.")
+
+
+class ZoneConfig(_Model):
+    """A polygon; an object is in the zone when the bottom-centre of its box is inside."""
+
+    name: str = Field(min_length=1)
+    points: tuple[tuple[float, float], ...] = Field(min_length=3, description="Polygon corners [x, y].")
+    normalized: bool = Field(False, description="Points are fractions of the frame's width and height.")
+    labels: tuple[str, ...] = Field((), description="Only these labels count in this zone (empty: all).")
+
+
+class LineConfig(_Model):
+    """A counting line: objects whose bottom-centre crosses it are counted, in each direction."""
+
+    name: str = "line"
+    a: tuple[float, float]
+    b: tuple[float, float]
+    normalized: bool = False
+    labels: tuple[str, ...] = Field(("pedestrian",), description="Labels that are counted.")
+
+
+class EventsConfig(_Model):
+    """What the daemon keeps on disk about events."""
+
+    spool: Path = Field(Path("spool/events.sqlite"), description="Durable queue of events not yet acknowledged.")
+    spool_max_events: int = Field(100_000, ge=10, description="Beyond this the oldest events are dropped (counted).")
+    snapshots: Path | None = Field(Path("snapshots"), description="Best-snapshot JPEG per event (None: off).")
+    snapshots_max_mb: float = Field(500.0, gt=0, description="Oldest snapshots are deleted beyond this.")
+    update_min_interval: float = Field(
+        1.0, ge=0, description="Seconds between two 'update' events of one track (zone changes always go out)."
+    )
+
+
+class MqttConfig(_Model):
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field(
+        "edgesight", description="Topics: <prefix>/<camera>/events, .../counts/<label>, .../status"
+    )
+    client_id: str | None = None
+    username: str | None = None
+    password_file: Path | None = Field(None, description="File holding the password (never in the config itself).")
+    qos: Literal[0, 1, 2] = 1
+    keepalive: int = Field(30, ge=5)
+    tls: bool = False
+
+
+class WebhookConfig(_Model):
+    url: str = Field(pattern=r"^https?://")
+    timeout: float = Field(5.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class JsonlConfig(_Model):
+    path: Path
+    max_mb: float = Field(50.0, gt=0, description="Rotate beyond this size.")
+    backups: int = Field(5, ge=0, description="Rotated files kept.")
+
+
+class SinksConfig(_Model):
+    mqtt: MqttConfig | None = None
+    webhook: WebhookConfig | None = None
+    jsonl: JsonlConfig | None = None
+
+
+class HttpConfig(_Model):
+    """The daemon's HTTP server: /metrics, /healthz, /api/status (and the live page)."""
+
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 exposes it to the network.")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
+    token_file: Path | None = Field(None, description="File with the token that state-changing calls (reload) need.")
+
+
+class DaemonConfig(_Model):
+    """The whole daemon: ``edgesight run --config camera.yaml``."""
+
+    camera: str = Field("camera", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="This camera's name, in events and MQTT topics.")
+    bundle: Path = Field(description="Bundle folder written by `edgesight export`.")
+    runtime: Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"] = "auto"
+    threads: int | None = Field(None, ge=1, description="Runtime threads (None: every core).")
+    detect_timeout: float = Field(10.0, gt=0, description="A detector call stuck longer is abandoned and reopened.")
+    source: SourceConfig
+    motion: MotionConfig = MotionConfig()
+    classes: dict[str, ClassRule] = Field(default_factory=_default_classes)
+    tracker: TrackerConfig = TrackerConfig()
+    zones: tuple[ZoneConfig, ...] = ()
+    line: LineConfig | None = None
+    events: EventsConfig = EventsConfig()
+    sinks: SinksConfig = SinksConfig()
+    http: HttpConfig | None = HttpConfig()
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zone_names(cls, zones: tuple[ZoneConfig, ...]) -> tuple[ZoneConfig, ...]:
+        names = [z.name for z in zones]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"zone names {duplicates} are used more than once; give each zone its own name")
+        return zones
