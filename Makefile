@@ -4,9 +4,10 @@ VENV ?= .venv
 MIRROR ?= ../shared
 RUN ?= runs/exp1
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGESIGHT_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: install demo test lint tflite-runtime clean
+.PHONY: install demo test lint tflite-runtime device-venv services test-bundles clean
 
 $(BIN)/edgesight: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,7 +31,32 @@ demo: install
 	$(BIN)/edgesight predict $(RUN)/best.pt $(MIRROR)/datasets/roadsign_kaggle_stop/images/road160.png \
 		$(MIRROR)/datasets/coco128/images/val2017/000000000139.jpg --out $(RUN)/annotated
 
-test: install tflite-runtime
+# The device install, as a user gets it on a Raspberry Pi: numpy, OpenCV, both runtimes, the daemon's
+# libraries, and no torch. Daemon tests run `edgesight run` from here in a subprocess.
+.venv-device/bin/edgesight: setup.cfg pyproject.toml
+	$(PY) -m venv .venv-device
+	.venv-device/bin/pip install -q --upgrade pip
+	.venv-device/bin/pip install -q -e '.[device,tflite,onnx]'
+	touch $@
+device-venv: .venv-device/bin/edgesight
+
+# Real services the tests talk to (mosquitto, chromium, sshd, ffmpeg, qemu for arm64): Debian's packages.
+services:
+	@missing=$$(grep -v '^#' .ci/debian-packages.txt | xargs -n1 sh -c 'dpkg -s "$$0" >/dev/null 2>&1 || echo "$$0"'); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Bundles the device tests run (the zero-shot models exported through the real pipeline, small gate set);
+# built once, reused until the code that writes them changes.
+TEST_BUNDLES := runs/test-bundles
+$(TEST_BUNDLES)/.done: $(BIN)/edgesight
+	$(BIN)/python -m tests.make_test_bundles $(TEST_BUNDLES)
+	touch $@
+test-bundles: $(TEST_BUNDLES)/.done
+
+test: install tflite-runtime device-venv services test-bundles
 	$(BIN)/pytest -q
 
 lint: install

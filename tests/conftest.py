@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 MIRROR_REASON = "EDGESIGHT_MIRROR is not set (point it at ../shared to run tests on real weights and data)"
+REPO = Path(__file__).resolve().parents[1]
+#: Built by `make test-bundles` (tests/make_test_bundles.py); EDGESIGHT_TEST_BUNDLES overrides the folder.
+TEST_BUNDLES = Path(os.environ.get("EDGESIGHT_TEST_BUNDLES", REPO / "runs" / "test-bundles"))
+#: The device install without torch (`make device-venv`); daemon tests run `edgesight` from it.
+DEVICE_VENV = REPO / ".venv-device"
 
 
 def _mirror() -> Path | None:
@@ -22,6 +27,22 @@ def mirror() -> Path:
     if root is None:
         pytest.skip(MIRROR_REASON)
     return root
+
+
+@pytest.fixture(scope="session")
+def test_bundles() -> Path:
+    """Folder of real exported bundles (``yolox-nano-tflite-int8``, ``yolox-nano-onnx-fp32``)."""
+    if not (TEST_BUNDLES / "yolox-nano-tflite-int8" / "manifest.json").is_file():
+        pytest.skip(f"test bundles missing in {TEST_BUNDLES}: run `make test-bundles`")
+    return TEST_BUNDLES
+
+
+@pytest.fixture(scope="session")
+def device_bin() -> Path:
+    """``bin/`` of the torch-free device venv (its ``python`` and ``edgesight``)."""
+    if not (DEVICE_VENV / "bin" / "edgesight").is_file():
+        pytest.skip(f"device venv missing at {DEVICE_VENV}: run `make device-venv`")
+    return DEVICE_VENV / "bin"
 
 
 @pytest.hookimpl(hookwrapper=True)
