@@ -1,6 +1,6 @@
 """Benchmark exported bundles against the stock peers and HOG: ``python benchmarks/bench.py BUNDLE... [options]``.
 
-A thin wrapper over ``toolkit.bench.bench`` through the ``edgesight bench`` command; the options are the
+A thin wrapper over ``toolkit.evaluate.bench.bench`` through the ``edgesight bench`` command; the options are the
 same (``--peers``, ``--threads 1,2,4``, ``--coco``/``--images``, ``--frames``, ``--out``). The mirror comes
 from ``EDGESIGHT_MIRROR``.
 """

@@ -1,6 +1,6 @@
 """Validation table of the fine-tuning issue: zero-shot vs fine-tuned, both tiers, peers and HOG.
 
-Every row is evaluated on the same validation split (toolkit.datasets.default_splits) in one run, with
+Every row is evaluated on the same validation split (toolkit.data.sets.default_splits) in one run, with
 pycocotools AP, and timed per frame (pre + model + post) at one thread.
 
     python benchmarks/finetune_table.py --mirror ../shared --run yolox=runs/exp1/best.pt \
@@ -31,12 +31,12 @@ def main() -> None:
     from models import create_model
     from models.base import TARGET_CLASSES, at_input_size
     from models.checkpoint import load_checkpoint, read_checkpoint
-    from toolkit.data import to_coco
-    from toolkit.datasets import default_splits
-    from toolkit.detector import TorchDetector
+    from toolkit.data.coco import to_coco
+    from toolkit.data.sets import default_splits
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-    from toolkit.hog import HogPeopleDetector
-    from toolkit.peers import load_peers
+    from toolkit.evaluate.detector import TorchDetector
+    from toolkit.evaluate.hog import HogPeopleDetector
+    from toolkit.evaluate.peers import load_peers
 
     _, val = default_splits()
     val = val[: args.max_val_images] if args.max_val_images else val

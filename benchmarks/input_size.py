@@ -34,10 +34,10 @@ def main() -> None:
 
     from models import create_model
     from models.base import TARGET_CLASSES, at_input_size
-    from toolkit.data import to_coco
-    from toolkit.datasets import default_splits
-    from toolkit.detector import TorchDetector
+    from toolkit.data.coco import to_coco
+    from toolkit.data.sets import default_splits
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
+    from toolkit.evaluate.detector import TorchDetector
 
     _, val = default_splits()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ runtimes, no torch.
 
 Each row is a small stack of one layer kind, at a shape the two models really run (FastestDet at 352x352,
 YOLOX-Nano at 416x416), converted the way ``edgesight export`` converts a model: float32 TFLite through
-litert-torch and full-integer TFLite through ai-edge-quantizer (``toolkit.export_tflite``, every activation
+litert-torch and full-integer TFLite through ai-edge-quantizer (``toolkit.export.tflite_int8``, every activation
 int8); float32 ONNX and INT8 QDQ ONNX (U8S8, per-channel weights, ``onnxruntime.quantization.quantize_static``,
 the exporter's settings). The inputs are random: this script times kernels and says nothing about accuracy
 (the export's accuracy gate does that, on real photos). Prints a markdown table of median milliseconds per
@@ -99,7 +99,8 @@ def _convert(work: Path) -> list[dict]:
 
 
 def _tflite_pair(model: object, size: int, folder: Path) -> None:
-    from toolkit.export_tflite import export_tflite_fp32, export_tflite_int8
+    from toolkit.export.tflite import export_tflite_fp32
+    from toolkit.export.tflite_int8 import export_tflite_int8
 
     rng = np.random.default_rng(0)
     fp32 = export_tflite_fp32(model, folder / "fp32.tflite", (size, size))

@@ -17,7 +17,7 @@ from calibration.select import CalibrationSet
 from devices.errors import require
 from devices.processing import preprocess
 from devices.types import InputSpec
-from toolkit.data import load_image
+from toolkit.data.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def iter_tensors(calibration_set: CalibrationSet, input_spec: InputSpec) -> Iter
     """Yield each calibration image as the model's input tensor (batch of one), in set order.
 
     Images are decoded as BGR uint8 (EXIF-upright, alpha dropped, grey expanded) by
-    ``toolkit.data.load_image``, then preprocessed as on the device.
+    ``toolkit.data.images.load_image``, then preprocessed as on the device.
 
     Raises:
         DataError: An image cannot be decoded.

@@ -28,7 +28,7 @@ NEGATIVE = -1
 
 
 class LabelledImage(Protocol):
-    """What selection needs of a training sample (``toolkit.data.Sample`` fits)."""
+    """What selection needs of a training sample (``toolkit.data.sample.Sample`` fits)."""
 
     @property
     def image_path(self) -> Path: ...
@@ -101,7 +101,7 @@ def select_calibration(
     if not unique:
         raise CalibrationError(
             "the calibration set is empty: no training samples were given",
-            "pass the training samples of the model (toolkit.datasets.default_splits()[0])",
+            "pass the training samples of the model (toolkit.data.sets.default_splits()[0])",
         )
     if count < 1:
         raise CalibrationError(f"count={count} asks for no calibration images", f"use count >= {min_count}")

@@ -4,7 +4,7 @@
 its format needs once (ONNX Runtime or LiteRT / tflite-runtime), and runs every frame through the
 shared ``devices.processing`` with the manifest's ``InputSpec`` and ``DecodeSpec``. The three stages
 are public (``prepare``, ``run_model``, ``decode``) so that a benchmark can time the model call apart
-from the whole frame, with the same interface as ``toolkit.peers.Peer``.
+from the whole frame, with the same interface as ``toolkit.evaluate.peers.Peer``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class BundleDetector:
         return preprocess(frame, self.input)
 
     def run_model(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """The model call alone; its output (batch kept), in a list like ``toolkit.peers.Peer``'s."""
+        """The model call alone; its output (batch kept), in a list like ``toolkit.evaluate.peers.Peer``'s."""
         if not self._open:
             raise RuntimeError(f"BundleDetector {self.name} is closed: use it in a `with` block or call open()")
         return [self.backend.run(tensor)]

@@ -28,7 +28,7 @@ def yolox(mirror: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def road_photo(mirror: Path) -> np.ndarray:
-    from toolkit.data import load_image
+    from toolkit.data.images import load_image
 
     return load_image(mirror / "datasets/roadsign_kaggle_stop/images/road160.png")  # RGBA PNG with a stop sign
 

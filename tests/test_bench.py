@@ -12,7 +12,7 @@ import pytest
 from devices.bundle import Manifest, write_labels, write_manifest
 from devices.errors import ConfigError
 from devices.types import DecodeSpec, InputSpec
-from toolkit.bench import bench
+from toolkit.evaluate.bench import bench
 
 IMAGES = 3
 

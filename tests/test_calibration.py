@@ -44,7 +44,7 @@ def make_items(folder: Path, n: int) -> list[Item]:
 @pytest.fixture(scope="module")
 def train_samples(mirror: Path) -> list:
     """Real training-side samples: COCO128 train2017 (people, some stop signs) + Roboflow stop signs."""
-    from toolkit.datasets import load_dataset
+    from toolkit.data.sets import load_dataset
 
     coco = [s for s in load_dataset("coco128", mirror) if s.subset == "train"]
     stops = [s for s in load_dataset("roboflow_stop_signs", mirror) if s.subset != "val"]
@@ -153,7 +153,7 @@ def test_report_for_the_manifest(train_samples: list) -> None:
 
 
 def test_reader_tensors_are_the_inference_tensors(mirror: Path) -> None:
-    from toolkit.data import load_image
+    from toolkit.data.images import load_image
 
     # An RGBA PNG, a JPEG and a stretched Roboflow JPEG: what the device would compute for each.
     paths = [

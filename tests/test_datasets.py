@@ -17,9 +17,9 @@ from PIL import Image
 
 from devices.errors import ConfigError, DataError
 from models.base import COCO80, TARGET_CLASSES
-from toolkit import datasets
 from toolkit.data import Sample
-from toolkit.datasets import (
+from toolkit.data import sets as datasets
+from toolkit.data.sets import (
     DATASETS,
     default_splits,
     load_dataset,

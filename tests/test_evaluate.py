@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from devices.draw import class_colour, draw_detections
 from devices.errors import DataError
 from devices.types import Detections
 from models.base import COCO80
-from toolkit.draw import class_colour, draw_detections
 from toolkit.evaluate import EvalResult, evaluate, match_categories
 
 LABELS = ("pedestrian", "stop_sign")

@@ -28,9 +28,13 @@ torch = pytest.importorskip("torch")
 from calibration.select import select_calibration  # noqa: E402
 from models import create_model  # noqa: E402
 from models.checkpoint import save_checkpoint  # noqa: E402
-from toolkit.data import Sample, to_coco  # noqa: E402
-from toolkit.datasets import default_splits  # noqa: E402
-from toolkit.export import evenly_spaced, export, export_all  # noqa: E402
+from toolkit.data import (  # noqa: E402
+    Sample,
+    evenly_spaced,
+    to_coco,
+)
+from toolkit.data.sets import default_splits  # noqa: E402
+from toolkit.export import export, export_all  # noqa: E402
 
 VAL_IMAGES = 12
 
@@ -108,7 +112,7 @@ def test_eval_on_a_bundle_equals_the_runtime_by_hand(onnx_fp32, val_json: Path, 
 def test_a_model_trained_above_its_size_exports_at_that_size(mirror: Path, tmp_path: Path) -> None:
     from models.base import at_input_size
     from models.checkpoint import load_checkpoint
-    from toolkit.detector import TorchDetector
+    from toolkit.evaluate.detector import TorchDetector
 
     model = create_model("fastestdet", num_classes=2, pretrained=True, mirror=str(mirror))
     model.spec = at_input_size(model.spec, 416)
@@ -223,7 +227,7 @@ def test_export_all_tflite_writes_fp32_and_int8_with_gate_and_latency(checkpoint
 
 
 def test_licence_notice_names_the_upstream_licence(tmp_path: Path, mirror: Path) -> None:
-    from toolkit.export import write_license
+    from toolkit.export.licence import write_license
 
     record = write_license(tmp_path, "yolox-nano", str(mirror))
     assert record["spdx"] == "Apache-2.0" and record["file"] == "LICENSE"
@@ -246,8 +250,11 @@ def test_cli_export_wants_format_and_precision_or_all(checkpoint: Path, tmp_path
 
 def test_int8_tries_run_fastest_first_and_stop_at_the_first_that_passes(monkeypatch, tmp_path: Path) -> None:
     """The ladder itself, with the quantizer and the gate replaced: which tries run, what the manifest keeps."""
-    import toolkit.export as ex
+    import toolkit.export.stages as ex
+    from devices.bundle import Manifest
     from devices.types import DecodeSpec, InputSpec
+    from toolkit.export.gate import GateCheck, GateResult
+    from toolkit.export.report import _report_float_activations
 
     tried: list[tuple[float | None, bool]] = []
 
@@ -255,30 +262,30 @@ def test_int8_tries_run_fastest_first_and_stop_at_the_first_that_passes(monkeypa
         folder = tmp_path / f"try{len(tried)}"
         folder.mkdir()
         tried.append((noise, reduce_range))
-        manifest = ex.Manifest(format=fmt, precision="int8", model_file="m", files={}, input=InputSpec(32, 32),
+        manifest = Manifest(format=fmt, precision="int8", model_file="m", files={}, input=InputSpec(32, 32),
                                decode=DecodeSpec("fastestdet", (16,), 2), labels=("a", "b"), arch="fastestdet",
                                quantization={"reduce_range": reduce_range})
-        return ex._Staged("s", folder, fmt, "int8", manifest)
+        return ex.Staged("s", folder, fmt, "int8", manifest)
 
     def fake_gate(staged, fp32, max_drop):
         passed = staged.manifest.quantization["reduce_range"]  # only the 7-bit file passes
-        return ex.GateResult("onnx", max_drop, (ex.GateCheck("stop_sign", 0.66, 0.65, 1.4 if not passed else 0.3,
+        return GateResult("onnx", max_drop, (GateCheck("stop_sign", 0.66, 0.65, 1.4 if not passed else 0.3,
                                                              passed),))
 
-    monkeypatch.setattr(ex, "_stage_int8", fake_stage)
-    monkeypatch.setattr(ex, "_apply_gate", fake_gate)
-    staged, gate = ex._stage_gated_int8(None, "onnx", None, None, 1.0, 1e-3)
+    monkeypatch.setattr(ex, "stage_int8", fake_stage)
+    monkeypatch.setattr(ex, "apply_gate", fake_gate)
+    staged, gate = ex.stage_gated_int8(None, "onnx", None, None, 1.0, 1e-3)
     assert tried == [(None, False), (1e-3, False), (1e-3, True)] and gate.passed
     assert {k for k in staged.manifest.quantization if k.endswith("_gate")} == {
         "full_integer_gate", "eight_bit_weights_gate"}
     assert [p.name for p in tmp_path.iterdir()] == ["try2"]  # refused tries leave nothing behind
-    assert "7 bits" in "\n".join(ex._report_float_activations(
+    assert "7 bits" in "\n".join(_report_float_activations(
         dataclasses.replace(staged.manifest, quantization={**staged.manifest.quantization,
                                                           "float_activations": ["x"]})))
     # TFLite has no 7-bit try; with --max-noise-to-signal inf only the full-integer file is tried.
     tried.clear()
-    ex._stage_gated_int8(None, "tflite", None, None, 1.0, 1e-3)
+    ex.stage_gated_int8(None, "tflite", None, None, 1.0, 1e-3)
     assert tried == [(None, False), (1e-3, False)]
     tried.clear()
-    ex._stage_gated_int8(None, "onnx", None, None, 1.0, math.inf)
+    ex.stage_gated_int8(None, "onnx", None, None, 1.0, math.inf)
     assert tried == [(None, False)]

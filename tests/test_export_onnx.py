@@ -31,7 +31,7 @@ PARITY_TOLERANCE = {"yolox-nano": 1e-3, "fastestdet": 1e-3}
 @pytest.fixture(scope="module")
 def photos(mirror: Path) -> list[np.ndarray]:
     """Real street photos with stop signs (RGBA PNG) and COCO photos with people."""
-    from toolkit.data import load_image
+    from toolkit.data.images import load_image
 
     road = sorted((mirror / ROAD).glob("*.png"))[:4]
     coco = sorted((mirror / COCO_VAL).glob("*.jpg"))[:6]
@@ -42,7 +42,7 @@ def photos(mirror: Path) -> list[np.ndarray]:
 def exported(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     """Each model (2 classes, COCO-pretrained rows) and its fp32 export."""
     from models import create_model
-    from toolkit.export_onnx import export_onnx_fp32
+    from toolkit.export.onnx import export_onnx_fp32
 
     torch.set_num_threads(1)
     out = {}
@@ -74,7 +74,7 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["yolox-nano", "fastestdet"])
 def test_fp32_export_matches_pytorch_on_real_photos(name: str, exported: dict, photos: list) -> None:
-    from toolkit.export_onnx import max_abs_diff
+    from toolkit.export.onnx import max_abs_diff
 
     model, path = exported[name]
     graph = onnx.load(str(path)).graph
@@ -95,7 +95,7 @@ def test_fp32_export_matches_pytorch_on_real_photos(name: str, exported: dict, p
 
 
 def test_export_refuses_an_opset_without_per_channel_quantization(exported: dict, tmp_path: Path) -> None:
-    from toolkit.export_onnx import export_onnx_fp32
+    from toolkit.export.onnx import export_onnx_fp32
 
     with pytest.raises(ConfigError, match="opset=11"):
         export_onnx_fp32(exported["fastestdet"][0], tmp_path / "old.onnx", opset=11)
@@ -107,7 +107,7 @@ def test_export_refuses_an_opset_without_per_channel_quantization(exported: dict
 @pytest.fixture(scope="module")
 def calibration_set(mirror: Path) -> CalibrationSet:
     """16 real training images (the real default is a few hundred; this keeps the test short)."""
-    from toolkit.datasets import load_dataset
+    from toolkit.data.sets import load_dataset
 
     coco = [s for s in load_dataset("coco128", mirror) if s.subset == "train"]
     stops = [s for s in load_dataset("roboflow_stop_signs", mirror) if s.subset != "val"]
@@ -122,7 +122,7 @@ class Quantized(dict):
         self.exported, self.calibration_set, self.folder = exported, calibration_set, folder
 
     def __missing__(self, name: str):
-        from toolkit.export_onnx import quantize_onnx_int8
+        from toolkit.export.onnx_int8 import quantize_onnx_int8
 
         model, fp32 = self.exported[name]
         self[name] = quantize_onnx_int8(fp32, self.folder / f"{name}_int8.onnx", self.calibration_set, model.spec.input)
@@ -194,7 +194,7 @@ def test_noise_to_signal_flags_a_tensor_whose_channels_differ_in_scale() -> None
     from onnx import TensorProto, helper
 
     from calibration.noise import MAX_NOISE_TO_SIGNAL
-    from toolkit.export_onnx import activation_ranges, noise_to_signal
+    from toolkit.export.onnx_int8 import activation_ranges, noise_to_signal
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])
@@ -234,7 +234,7 @@ def test_ort_runs_int8_kernels_except_where_kept_float(quantized: dict, tmp_path
 
 
 def test_quantize_refuses_bad_input(exported: dict, tmp_path: Path) -> None:
-    from toolkit.export_onnx import quantize_onnx_int8
+    from toolkit.export.onnx_int8 import quantize_onnx_int8
 
     model, fp32 = exported["fastestdet"]
     empty = CalibrationSet(paths=(), class_counts={}, negatives=0, sources={}, sha256="", seed=0)

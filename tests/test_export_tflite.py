@@ -23,7 +23,8 @@ from devices.types import Detections
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 from models import create_model  # noqa: E402
-from toolkit.export_tflite import compact_tflite, export_tflite_fp32, export_tflite_int8  # noqa: E402
+from toolkit.export.tflite import export_tflite_fp32  # noqa: E402
+from toolkit.export.tflite_int8 import compact_tflite, export_tflite_int8  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TFLITE_VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
@@ -288,7 +289,7 @@ def test_compaction_shrinks_the_file_and_keeps_every_output(yolox, yolox_fp32, y
     # The quantizer's own file, before export_tflite_int8 compacts it.
     tensors = (preprocess(cv2.imread(str(p)), yolox.spec.input)[0] for p in calibration_paths(mirror))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("toolkit.export_tflite.compact_tflite", lambda data: data)
+        patch.setattr("toolkit.export.tflite_int8.compact_tflite", lambda data: data)
         plain = export_tflite_int8(yolox, tmp_path / "plain.tflite", tensors, float_model=yolox_fp32).path
     compact = tmp_path / "compact.tflite"
     compact.write_bytes(compact_tflite(plain.read_bytes()))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from devices.errors import ConfigError
-from toolkit.hog import HogPeopleDetector
+from toolkit.evaluate.hog import HogPeopleDetector
 
 MIRROR = os.environ.get("EDGESIGHT_MIRROR")
 needs_shared = pytest.mark.skipif(not MIRROR, reason="EDGESIGHT_MIRROR is unset: no coco128 images to run HOG on")

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from devices.errors import ModelFileError
-from toolkit.peers import PEERS, SSD_MOBILENETV2_FPNLITE, YOLOX_NANO, Peer, PeerRecord, SsdMobileNetV2Peer, load_peers
+from toolkit.evaluate.peers import (
+    PEERS,
+    SSD_MOBILENETV2_FPNLITE,
+    YOLOX_NANO,
+    Peer,
+    PeerRecord,
+    SsdMobileNetV2Peer,
+    load_peers,
+)
 
 # A portrait street photo with one stop sign in its upper half: a box with x and y (or width and
 # height) swapped would miss it.
@@ -110,7 +118,7 @@ def test_tampered_peer_file_is_refused(mirror: Path, tmp_path: Path) -> None:
 
 def test_unknown_folders_are_skipped_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "mystery-detector").mkdir()
-    with caplog.at_level(logging.INFO, logger="toolkit.peers"):
+    with caplog.at_level(logging.INFO, logger="toolkit.evaluate.peers"):
         assert load_peers(tmp_path) == []
     assert "mystery-detector" in caplog.text
 

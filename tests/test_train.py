@@ -13,20 +13,14 @@ import pytest
 import torch
 
 from models import create_model
-from toolkit.data import load_image
-from toolkit.datasets import default_splits
-from toolkit.detector import TorchDetector
-from toolkit.loss import detection_loss, read_dense
-from toolkit.train import (
-    _BACKBONE_PREFIX,
-    DetectionDataset,
-    _freeze_norm,
-    _teacher_rows,
-    collate,
-    improves_on,
-    lr_factor,
-    one_per_group,
-)
+from toolkit.data.images import load_image
+from toolkit.data.sets import default_splits
+from toolkit.evaluate.detector import TorchDetector
+from toolkit.train.config import _BACKBONE_PREFIX
+from toolkit.train.dataset import DetectionDataset, collate, one_per_group
+from toolkit.train.distill import teacher_rows
+from toolkit.train.loop import _freeze_norm, improves_on, lr_factor
+from toolkit.train.loss import detection_loss, read_dense
 
 
 def _batch(samples, spec):
@@ -52,7 +46,7 @@ def test_short_finetune_lowers_loss_and_keeps_both_classes(mirror: Path, arch: s
     model = create_model(arch, num_classes=2, pretrained=True, mirror=str(mirror))
     teacher = create_model(arch, num_classes=80, pretrained=True, mirror=str(mirror))
     images, targets, _ = _batch(people + stops, model.spec)
-    rows = _teacher_rows(read_dense(model.logits(images[:1]), model.spec.decode, model.spec.input.width,
+    rows = teacher_rows(read_dense(model.logits(images[:1]), model.spec.decode, model.spec.input.width,
                                     model.spec.input.height).cls.shape[-1])
     before = _loss(model, teacher, images, targets, rows)
     # The trainer's optimiser and warm-up: without warm-up Adam's first steps jolt every weight of a

@@ -14,8 +14,8 @@ from PIL import Image
 from devices.errors import DataError
 from models.base import TARGET_CLASSES
 from toolkit.cli import cli
-from toolkit.datasets import default_splits
-from toolkit.userdata import read_user_dataset
+from toolkit.data.sets import default_splits
+from toolkit.data.userdata import read_user_dataset
 
 PED, STOP = TARGET_CLASSES.index("pedestrian"), TARGET_CLASSES.index("stop_sign")
 ROADS = ("road160", "road167", "road185", "road196", "road229", "road256")
@@ -118,7 +118,7 @@ def test_data_report_and_splits_include_the_users_photos(mirror: Path, tmp_path:
 
 @pytest.mark.slow
 def test_train_and_export_use_the_users_photos(mirror: Path, tmp_path: Path) -> None:
-    from toolkit.export import _run_context
+    from toolkit.export.pipeline import _run_context
     from toolkit.train import recipe, train
 
     root = _yolo_set(mirror, tmp_path / "mine", "names: ['Pole', 'Sign', 'person']\n")

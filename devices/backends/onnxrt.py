@@ -137,7 +137,7 @@ class OnnxRuntimeBackend:
         if not all(isinstance(d, int) and d > 0 for d in shape):
             raise ModelFileError(
                 f"{self.path} has a dynamic input shape {shape}",
-                "export with a fixed batch of 1 and a fixed input size (toolkit.export_onnx does)",
+                "export with a fixed batch of 1 and a fixed input size (toolkit.export.onnx does)",
             )
         if inputs[0].type not in _ONNX_DTYPES:
             raise ModelFileError(

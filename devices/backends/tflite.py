@@ -154,7 +154,7 @@ class TfliteBackend:
         if len(inputs) != 1:
             raise ModelFileError(
                 f"{self.path} has {len(inputs)} inputs ({[i['name'] for i in inputs]}); a detector takes one image",
-                "export the model with a single image input (toolkit.export_tflite does)",
+                "export the model with a single image input (toolkit.export.tflite does)",
             )
         details = TensorDetails.from_runtime(inputs[0])
         if details.dtype.name not in ("float32", "uint8", "int8"):

@@ -29,12 +29,17 @@ from typing import Literal
 
 from devices.errors import DataError
 from models.base import TARGET_CLASSES
-from toolkit.data import Sample, path_group, read_coco, read_voc, read_yolo
+from toolkit.data.coco import read_coco
+from toolkit.data.sample import Sample, path_group
+from toolkit.data.voc import read_voc
+from toolkit.data.yolo import read_yolo
 
 log = logging.getLogger(__name__)
 
 _VOC_ANNOTATIONS = ("Annotations", "annotations")
+
 _VOC_IMAGES = ("JPEGImages", "images")
+
 _SUBSETS: dict[str, Literal["train", "val"]] = {"train": "train", "valid": "val", "val": "val"}
 
 

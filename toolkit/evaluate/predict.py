@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
 
+from devices.draw import draw_detections
 from devices.types import Detections
-from toolkit.data import load_image
-from toolkit.detector import load_detector
-from toolkit.draw import draw_detections
-
-log = logging.getLogger(__name__)
+from toolkit.data.images import load_image
+from toolkit.evaluate.detector import load_detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

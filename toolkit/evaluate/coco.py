@@ -22,7 +22,6 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from devices.errors import DataError, require
 from devices.types import Detections
+from toolkit.evaluate.results import ClassResult, EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -48,90 +48,8 @@ SYNONYMS: tuple[frozenset[str], ...] = (
 
 # COCOeval's area range "all" and the largest maxDets (100) index its precision array.
 _AREA_ALL = 0
+
 _MAXDETS_100 = -1
-
-
-@dataclass(frozen=True)
-class ClassResult:
-    """AP of one detector class against its matched category.
-
-    Attributes:
-        name: The detector's label.
-        category_id: Id of the matched category in the annotation file.
-        category_name: Name of that category in the annotation file.
-        ap: AP averaged over IoU 0.50:0.95, or None when the category has no ground-truth box.
-        ap50: AP at IoU 0.50, or None likewise.
-        num_gt: Ground-truth boxes of this category (crowd regions excluded).
-        num_images: Images with at least one such box.
-        num_detections: Detections of this class written to the results.
-    """
-
-    name: str
-    category_id: int
-    category_name: str
-    ap: float | None
-    ap50: float | None
-    num_gt: int
-    num_images: int
-    num_detections: int
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What an evaluation measured.
-
-    Attributes:
-        classes: One entry per detector label that matched a category of the annotation file.
-        map: Mean of ``ap`` over classes that have ground truth (None when none has).
-        map50: Mean of ``ap50`` likewise.
-        num_images: Images the detector ran on.
-        median_ms: Median detector time per image (the callable only, not image decoding).
-        total_s: Wall time of the whole evaluation.
-        coco_stats: The 12 standard COCOeval numbers over all matched categories
-            (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl); -1 where undefined.
-    """
-
-    classes: tuple[ClassResult, ...]
-    map: float | None
-    map50: float | None
-    num_images: int
-    median_ms: float
-    total_s: float
-    coco_stats: tuple[float, ...]
-
-    def by_name(self, name: str) -> ClassResult:
-        """The result of the detector label ``name``."""
-        for c in self.classes:
-            if c.name == name:
-                return c
-        raise KeyError(f"no evaluated class '{name}'; evaluated: {[c.name for c in self.classes]}")
-
-    def table(self) -> str:
-        """A markdown table: AP per class, the mean, image count and speed."""
-        rows = [
-            "| class | AP@[.5:.95] | AP@0.5 | GT boxes | images |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for c in self.classes:
-            if c.ap is None:
-                rows.append(f"| {c.name} | no GT | no GT | 0 | 0 |")
-            else:
-                rows.append(f"| {c.name} | {c.ap:.3f} | {c.ap50:.3f} | {c.num_gt} | {c.num_images} |")
-        mean = "n/a" if self.map is None else f"{self.map:.3f}"
-        mean50 = "n/a" if self.map50 is None else f"{self.map50:.3f}"
-        rows.append(f"| **mean** | {mean} | {mean50} | {sum(c.num_gt for c in self.classes)} | |")
-        missing = [c.name for c in self.classes if c.ap is None]
-        notes = [f"{self.num_images} images, detector median {self.median_ms:.1f} ms/image"]
-        if missing:
-            notes.append(f"no ground truth for {', '.join(missing)}: excluded from the mean")
-        return "\n".join(rows) + "\n\n" + "; ".join(notes) + "\n"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN-free: undefined values are None)."""
-        return asdict(self)
-
-
-# --- category matching ------------------------------------------------------------------------------
 
 
 def _norm(name: str) -> str:
@@ -179,9 +97,6 @@ def match_categories(labels: Sequence[str], categories: Iterable[dict[str, Any]]
             + ")",
         )
     return matched
-
-
-# --- ground truth and images ------------------------------------------------------------------------
 
 
 def _load_gt(coco_json: Path) -> Any:
@@ -242,9 +157,6 @@ def load_image(path: Path, width: int | None = None, height: int | None = None) 
     )
 
 
-# --- detection ---------------------------------------------------------------------------------------
-
-
 def _run_detector(
     detector: Detector, gt: Any, images_dir: Path | None, coco_json: Path, matched: dict[int, dict], progress: bool
 ) -> tuple[list[dict], list[float], dict[int, int]]:
@@ -285,9 +197,6 @@ def _run_detector(
             EVAL_SCORE_THRESHOLD,
         )
     return results, times_ms, counts
-
-
-# --- scoring -----------------------------------------------------------------------------------------
 
 
 def _cocoeval(gt: Any, results: list[dict], cat_ids: list[int]) -> Any | None:
@@ -336,9 +245,6 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-# --- PR curve ----------------------------------------------------------------------------------------
-
-
 def save_pr_curve(ev: Any | None, classes: Sequence[ClassResult], path: Path) -> Path:
     """Plot precision against recall at IoU 0.5 and averaged over IoU 0.5:0.95, one line per class.
 
@@ -382,9 +288,6 @@ def save_pr_curve(ev: Any | None, classes: Sequence[ClassResult], path: Path) ->
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-# --- entry point -------------------------------------------------------------------------------------
 
 
 def evaluate(

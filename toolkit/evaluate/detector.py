@@ -55,7 +55,7 @@ def load_detector(ref: str, score_threshold: float | None = None, mirror: str | 
 
     path = Path(ref)
     if ref == "hog":
-        from toolkit.hog import HogPeopleDetector
+        from toolkit.evaluate.hog import HogPeopleDetector
 
         return HogPeopleDetector()
     if path.is_dir() and ((path / "manifest.json").is_file() or ref not in list_models()):

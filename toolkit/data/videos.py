@@ -2,7 +2,7 @@
 
 Frames of street and indoor video teach the pedestrian class what deployment looks like (fixed
 cameras, motion blur, small distant people) without anyone drawing a box: the COCO teacher's confident
-detections become pseudo-labels and its outputs are distilled on every anchor (toolkit/train.py).
+detections become pseudo-labels and its outputs are distilled on every anchor (toolkit/train/).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from devices.errors import DataError
 from models.hub import RemoteFile, cache_dir, resolve
-from toolkit.data import Sample
+from toolkit.data.sample import Sample
 
 log = logging.getLogger(__name__)
 

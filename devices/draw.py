@@ -1,4 +1,6 @@
-"""Draw detections on a frame: one colour per class, class name and score on a filled label."""
+"""Draw detections on a frame: one colour per class, class name and score on a filled label.
+The device's live view and annotated video draw with it as well as ``edgesight predict``.
+"""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from devices.processing import Placement, nms, postprocess, preprocess
 from devices.types import DecodeSpec, Detections, InputSpec
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import RemoteFile, verify
-from toolkit.evaluate import EVAL_SCORE_THRESHOLD
+from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,6 @@ SSD_MOBILENETV2_FPNLITE = PeerRecord(
 PEERS: tuple[PeerRecord, ...] = (YOLOX_NANO, NANODET_M, SSD_MOBILENETV2_FPNLITE)
 
 
-# --- running tensors ----------------------------------------------------------------------------------
-
-
 def _open_backend(record: PeerRecord, path: Path, threads: int | None) -> OnnxRuntimeBackend | TfliteBackend:
     """The same device backend that runs our own bundles, so the comparison goes through one path."""
     backend = OnnxRuntimeBackend(path, threads=threads) if record.runtime == "onnx" else TfliteBackend(
@@ -152,9 +149,6 @@ def _open_backend(record: PeerRecord, path: Path, threads: int | None) -> OnnxRu
     )
     backend.open()
     return backend
-
-
-# --- peers --------------------------------------------------------------------------------------------
 
 
 class Peer:
@@ -301,7 +295,7 @@ class NanoDetPeer(Peer):
                 raise ModelFileError(
                     f"{self.path}: no ({cells}, 80) and ({cells}, 32) outputs for stride {s} among "
                     f"{[o.shape for o in outputs]}",
-                    "use the NanoDet-m 320 export recorded in toolkit.peers.NANODET_M",
+                    "use the NanoDet-m 320 export recorded in toolkit.evaluate.peers.NANODET_M",
                 )
             levels.append((s, cls, reg))
         return levels
@@ -359,7 +353,7 @@ class SsdMobileNetV2Peer(Peer):
             raise ModelFileError(
                 f"{self.path}: outputs {[o.shape for o in outputs]} are not TFLite_Detection_PostProcess's "
                 "boxes (1, N, 4), classes (1, N), scores (1, N), count (1,)",
-                "use the SSD export recorded in toolkit.peers.SSD_MOBILENETV2_FPNLITE",
+                "use the SSD export recorded in toolkit.evaluate.peers.SSD_MOBILENETV2_FPNLITE",
             )
         return tuple(outputs)
 

@@ -32,18 +32,22 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from devices.errors import ConfigError, DataError
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import MIRROR_ENV, cache_dir, mirror_root
-from toolkit.data import Sample, read_coco, read_voc, read_yolo, samples_sha256
-from toolkit.userdata import read_user_datasets
+from toolkit.data.coco import read_coco
+from toolkit.data.sample import Sample, samples_sha256
+from toolkit.data.userdata import read_user_datasets
+from toolkit.data.voc import read_voc
+from toolkit.data.yolo import read_yolo
 
 log = logging.getLogger(__name__)
 
 #: The photo a Roboflow export file was made from: ``<stem>_<ext>.rf.<32 hex>.<ext>``.
 _ROBOFLOW_NAME = re.compile(r"^(?P<stem>.+)_(?P<ext>[A-Za-z0-9]+)\.rf\.[0-9a-f]{32}\.[A-Za-z0-9]+$")
+
 _KAGGLE_ROAD = re.compile(r"^road\d+$")
 
 
@@ -216,9 +220,6 @@ def get_record(name: str) -> DatasetRecord:
         raise ConfigError(f"unknown dataset '{name}'", f"use one of {list_datasets()}") from None
 
 
-# ------------------------------------------------------------------------------------------ fetching
-
-
 def _safe_relative(name: str, prefix: str) -> str | None:
     """``name`` relative to ``prefix``; None when outside it, empty, absolute or climbing out with ``..``."""
     rel = Path(name)
@@ -347,9 +348,6 @@ def dataset_root(name: str, mirror: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------- loading
-
-
 def _read_part(record: DatasetRecord, root: Path, part: Part) -> list[Sample]:
     images, labels = root / part.images, root / part.labels
     common = {
@@ -392,9 +390,6 @@ def load_dataset(name: str, mirror: str | os.PathLike | None = None) -> list[Sam
             f"restore an unmodified copy of {record.mirror_path} (or delete {root} to download it again)",
         )
     return samples
-
-
-# ------------------------------------------------------------------------------------------ splitting
 
 
 def _unit(group: str, seed: int) -> float:
@@ -454,7 +449,7 @@ def default_splits(
     """The trainer's data: the three bundled sets, split together by photo, plus the user's ``data`` sets.
 
     Splitting the bundled sets together is what keeps the Kaggle road-sign photos that Roboflow also
-    ships on one side of the split. The user's sets (``edgesight train --data``, ``toolkit.userdata``) are
+    ships on one side of the split. The user's sets (``edgesight train --data``, ``toolkit.data.userdata``) are
     split by photo the same way, keeping a split of their own where their export has one, so the
     validation AP covers their photos too.
     """
@@ -467,3 +462,12 @@ def default_splits(
         # Theirs first: `--max-val-images` trials then validate on the user's photos.
         train, val = own_train + train, own_val + val
     return train, val
+
+
+def evenly_spaced(items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` items spread over the whole sequence (the splits are ordered by source dataset)."""
+    if n >= len(items):
+        return list(items)
+    if n < 1:
+        raise ConfigError(f"val_limit={n} leaves no validation image", "pass a positive number, or none")
+    return [items[(i * len(items)) // n] for i in range(n)]

@@ -9,7 +9,7 @@ The recipe (each choice measured; see README "Training recipe"):
   what gains pedestrian AP (README "Input size"); YOLOX-Nano then trains only its stop-sign score rows
   (``label_rows_only``), so its pedestrian outputs stay the pretrained model's exactly;
 - the frozen 80-class COCO model is the teacher: it pseudo-labels people in the photos whose datasets
-  do not annotate people, and its outputs are distilled on every anchor (toolkit/loss.py);
+  do not annotate people, and its outputs are distilled on every anchor (``toolkit.train.loss``);
 - batch-norm statistics stay frozen (YOLOX-Nano's are folded into its convolutions, and batches of a
   few images on a CPU would give noisy statistics anyway);
 - AdamW at a low learning rate with linear warm-up and cosine decay;
@@ -24,234 +24,27 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import tv_tensors
-from torchvision.ops import nms
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, DistributedSampler
 
-from devices.errors import ConfigError
-from devices.processing import place
-from devices.types import InputSpec
 from models import create_model
-from models.base import COCO_ROWS, TARGET_CLASSES, at_input_size
+from models.base import TARGET_CLASSES, at_input_size
 from models.checkpoint import read_checkpoint, save_checkpoint
-from toolkit.data import Sample, load_image, to_coco
-from toolkit.datasets import default_splits
-from toolkit.detector import TorchDetector
-from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-from toolkit.loss import class_probs, detection_loss, read_dense
-from toolkit.videos import VIDEOS, video_frames
+from toolkit.data.coco import to_coco
+from toolkit.data.sets import default_splits
+from toolkit.data.videos import VIDEOS, video_frames
+from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
+from toolkit.evaluate.detector import TorchDetector
+from toolkit.train.config import _BACKBONE_PREFIX, _CLASS_ROWS_PREFIX, TrainConfig, TrainResult
+from toolkit.train.dataset import DetectionDataset, collate, one_per_group
+from toolkit.train.distill import pseudo_people, teacher_rows
+from toolkit.train.loss import detection_loss, read_dense
 
 log = logging.getLogger(__name__)
-
-
-#: Parameter-name prefix of each architecture's ImageNet/COCO feature extractor (frozen by default).
-_BACKBONE_PREFIX = {"yolox-nano": "backbone.backbone.", "fastestdet": "backbone."}
-#: Parameter-name prefix of the class-score layers, one row per output class, where each class has its own
-#: sigmoid (``label_rows_only``). FastestDet's classes share one softmax, so no row there stands alone.
-_CLASS_ROWS_PREFIX = {"yolox-nano": "head.cls_preds."}
-
-
-class TrainConfig(BaseModel):
-    """The fine-tuning recipe. Every field can be set from the CLI or a JSON/YAML file."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: Literal["yolox-nano", "fastestdet"] = "yolox-nano"
-    imgsz: int | None = Field(None, ge=32, multiple_of=32, description="Square input size, a multiple of 32 (None: the "
-                              "pretrained size, 416 YOLOX-Nano / 352 FastestDet).")
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    distill_weight: float = Field(3.0, ge=0)
-    pseudo_label_score: float = Field(0.5, gt=0, lt=1)
-    # Pedestrians learn from the COCO teacher alone by default: 134 labelled COCO images cannot teach
-    # people better than the 64k-image COCO model did, and training on them measurably lost AP.
-    label_classes: tuple[Literal["pedestrian", "stop_sign"], ...] = ("stop_sign",)
-    freeze_backbone: bool = True
-    one_copy_per_photo: bool = True
-    seed: int = 0
-    workers: int = Field(0, ge=0)
-    val_every: int = Field(1, ge=1)
-    max_minutes: float | None = Field(15.0, gt=0)
-    max_train_images: int | None = Field(None, ge=1)
-    video_frames: int = Field(0, ge=0, description="Unlabelled frames per bundled video (teacher-labelled).")
-    protect_classes: bool = Field(True, description="best.pt never has a class below its zero-shot AP.")
-    max_val_images: int | None = Field(None, ge=1)
-    data: tuple[str, ...] = Field(
-        (),
-        description="Your own annotated photos (COCO .json, YOLO or VOC folder; toolkit.userdata), trained and "
-        "validated beside the bundled sets.",
-    )
-    label_rows_only: bool = Field(
-        False,
-        description="Train only the class-score rows of label_classes: every other output (boxes, objectness, "
-        "the other classes) stays the pretrained model's exactly. No weight decay (it would shrink the frozen "
-        "rows). YOLOX-Nano only.",
-    )
-
-    @field_validator("data", mode="before")
-    @classmethod
-    def _absolute(cls, paths: object) -> object:
-        # Absolute, so that best.pt tells `edgesight export` where the photos are from any directory.
-        if isinstance(paths, list | tuple):
-            return tuple(str(Path(p).expanduser().resolve()) for p in paths)
-        return paths
-
-    @model_validator(mode="after")
-    def _rows_stand_alone(self) -> TrainConfig:
-        if self.label_rows_only and self.model not in _CLASS_ROWS_PREFIX:
-            raise ValueError(f"label_rows_only needs one sigmoid per class; {self.model}'s classes share a softmax")
-        return self
-
-
-#: Per-architecture recipe defaults, measured (README "Training recipe"): FastestDet's softmax head forgets
-#: pedestrians faster, so it trains slower, longer, under a strong pull toward the teacher (distillation 100,
-#: of six 12-epoch variants the one whose pedestrian AP stayed highest; see the README sweep). Both train
-#: above their pretrained size: small, distant people gain most (README "Input size"). At 512 every YOLOX-Nano
-#: epoch that trained the whole head lost pedestrians, so only its stop-sign score rows learn.
-RECIPES: dict[str, dict] = {
-    "yolox-nano": {"imgsz": 512, "label_rows_only": True, "lr": 1e-3},
-    "fastestdet": {"lr": 1e-4, "distill_weight": 100.0, "epochs": 10, "imgsz": 416},
-}
-
-
-def recipe(**fields: object) -> TrainConfig:
-    """The default recipe of ``fields["model"]`` with ``fields`` on top (the user's settings win)."""
-    model = fields.get("model", TrainConfig.model_fields["model"].default)
-    try:
-        return TrainConfig(**{**RECIPES.get(str(model), {}), **fields})
-    except ValidationError as exc:
-        problems = "; ".join(
-            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
-        )
-        raise ConfigError(f"invalid training setting: {problems}", "fix that flag or --config field") from None
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run produced: the best checkpoint, its validation metrics, and how long it took."""
-
-    best: Path
-    best_epoch: int
-    metrics: dict
-    zero_shot: dict
-    zero_shot_native: dict | None
-    wall_seconds: float
-    stopped_early: bool
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def _augmentations(spec: InputSpec) -> v2.Compose:
-    # Scale jitter down to 0.5x teaches the small, distant people and signs of street photos; colour
-    # jitter covers dusk and overcast light; horizontal flips are safe for both classes (a mirrored
-    # STOP sign is still a red octagon, and the letters are a few pixels at these input sizes).
-    return v2.Compose(
-        [
-            # Brightness/contrast/saturation only: hue shifts would turn STOP-sign red into other colours.
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4),
-            v2.RandomAffine(degrees=0.0, translate=(0.1, 0.1), scale=(0.5, 1.3), fill=spec.pad_value),
-            v2.RandomHorizontalFlip(),
-            v2.SanitizeBoundingBoxes(min_size=2.0),
-        ]
-    )
-
-
-class DetectionDataset(Dataset):
-    """Samples placed into the model input exactly as at inference, then augmented.
-
-    Returns (image float tensor in the model's input contract, boxes (G, 4) input px, labels (G,),
-    whether the source annotates people).
-    """
-
-    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool) -> None:
-        self.samples = samples
-        self.spec = spec
-        self.augment = _augmentations(spec) if augment else None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        sample = self.samples[i]
-        placed, pl = place(load_image(sample.image_path), self.spec)
-        boxes = sample.boxes * np.array([pl.scale_x, pl.scale_y, pl.scale_x, pl.scale_y], np.float32)
-        boxes = boxes + np.array([pl.pad_x, pl.pad_y, pl.pad_x, pl.pad_y], np.float32)
-        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(placed[:, :, ::-1])).permute(2, 0, 1))
-        data = {
-            "image": image,
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(boxes), format="XYXY", canvas_size=tuple(placed.shape[:2])
-            ),
-            "labels": torch.tensor(sample.labels, dtype=torch.long),
-        }
-        if self.augment is not None:
-            data = self.augment(data)
-        rgb = data["image"].float()
-        x = rgb if self.spec.channel_order == "RGB" else rgb.flip(0)
-        x = x * self.spec.scale
-        mean = torch.tensor(self.spec.mean).view(3, 1, 1)
-        std = torch.tensor(self.spec.std).view(3, 1, 1)
-        x = (x - mean) / std
-        return x, data["boxes"].as_subclass(torch.Tensor).float(), data["labels"].long(), sample.labels_people
-
-
-def collate(batch: list) -> tuple[torch.Tensor, list, torch.Tensor]:
-    images = torch.stack([b[0] for b in batch])
-    targets = [(b[1], b[2]) for b in batch]
-    people = torch.tensor([b[3] for b in batch])
-    return images, targets, people
-
-
-def one_per_group(samples: list[Sample], seed: int) -> list[Sample]:
-    """Keep one copy of each photo: Roboflow's set is three augmented copies of each; our own
-    augmentation replaces them, and an epoch costs a third of the time."""
-    rng = random.Random(seed)
-    groups: dict[str, list[Sample]] = {}
-    for s in samples:
-        groups.setdefault(s.group, []).append(s)
-    return [rng.choice(members) for members in groups.values()]
-
-
-# ---------------------------------------------------------------------------------------------- teacher
-
-
-def _teacher_rows(student_rows: int) -> torch.Tensor:
-    """Teacher (COCO-80) class rows in the student's row order (targets first, then kept 'other' rows)."""
-    first = [COCO_ROWS[name] for name in TARGET_CLASSES]
-    others = [r for r in range(80) if r not in first]
-    return torch.tensor((first + others)[:student_rows])
-
-
-@torch.no_grad()
-def _pseudo_people(teacher_dense, decode_kind: str, score: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Confident teacher detections of people, per image: labels for photos whose set skips people."""
-    probs = class_probs(teacher_dense, 80)[..., COCO_ROWS["pedestrian"]]
-    obj = teacher_dense.obj.sigmoid()
-    # Same score rule as devices.processing decodes for this architecture.
-    conf = obj**0.6 * probs**0.4 if decode_kind == "fastestdet" else obj * probs
-    out = []
-    for boxes, c in zip(teacher_dense.boxes, conf, strict=True):
-        keep = c >= score
-        b, s = boxes[keep], c[keep]
-        k = nms(b, s, 0.45)
-        out.append((b[k], torch.zeros(len(k), dtype=torch.long, device=b.device)))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- loop
 
 
 def _setup_distributed() -> tuple[int, int, torch.device]:
@@ -373,7 +166,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     with torch.no_grad():
         probe = torch.zeros(1, 3, spec.input.height, spec.input.width, device=device)
         class_rows = read_dense(model.logits(probe), spec.decode, spec.input.width, spec.input.height).cls.shape[-1]
-    rows = _teacher_rows(class_rows).to(device)
+    rows = teacher_rows(class_rows).to(device)
     # Classes the labels supervise; the others learn from the teacher alone (distillation).
     supervised = torch.tensor([TARGET_CLASSES.index(c) for c in config.label_classes], device=device)
     if config.freeze_backbone:
@@ -429,7 +222,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
             images = images.to(device)
             with torch.no_grad():
                 t_dense = read_dense(teacher.logits(images), teacher.spec.decode, spec.input.width, spec.input.height)
-            pseudo = _pseudo_people(t_dense, spec.decode.kind, config.pseudo_label_score)
+            pseudo = pseudo_people(t_dense, spec.decode.kind, config.pseudo_label_score)
             merged = []
             for (gb, gl), has_people, (pb, pl) in zip(targets, people, pseudo, strict=True):
                 gb, gl = gb.to(device), gl.to(device)

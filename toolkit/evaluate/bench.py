@@ -32,19 +32,25 @@ import numpy as np
 from devices.errors import ConfigError, require
 from devices.host import machine
 from devices.runner import BundleDetector
-from toolkit.data import load_image
-from toolkit.evaluate import EVAL_SCORE_THRESHOLD, EvalResult, evaluate
-from toolkit.export import evenly_spaced, percentile, time_frame
+from devices.timing import percentile, time_frame
+from toolkit.data.images import load_image
+from toolkit.data.sets import evenly_spaced
+from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
+from toolkit.evaluate.results import EvalResult, fmt_ap
 
 log = logging.getLogger(__name__)
 
 #: Score threshold peers run at while timed (a bundle uses its manifest's); decoding cost depends on it.
 DEPLOY_SCORE_THRESHOLD = 0.25
+
 #: Timed frames per model and thread count, after ``WARMUP`` untimed ones.
 FRAMES = 20
+
 WARMUP = 3
+
 #: HOG takes about a second per frame: it is timed on at most this many.
 HOG_FRAMES = 5
+
 #: Distinct photos cycled through while timing.
 LATENCY_IMAGES = 8
 
@@ -150,9 +156,9 @@ class BenchTable:
                 str(r.threads),
                 model,
                 f"{r.frame_ms:.1f} / {r.frame_ms_p90:.1f}",
-                *(_fmt(r.ap.get(c)) for c in self.classes),
-                _fmt(r.map),
-                _fmt(r.map50),
+                *(fmt_ap(r.ap.get(c)) for c in self.classes),
+                fmt_ap(r.map),
+                fmt_ap(r.map50),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -199,7 +205,7 @@ def bench(
 
     Args:
         bundles: Bundle folders (``edgesight export``).
-        peers_dir: Folder laid out like ``<mirror>/weights/peers`` (``toolkit.peers``); None: no peers.
+        peers_dir: Folder laid out like ``<mirror>/weights/peers`` (``toolkit.evaluate.peers``); None: no peers.
         threads: Runtime thread counts to time.
         coco_json: Evaluation set as a COCO json; None uses the default split's validation part.
         images_dir: Folder the json's ``file_name`` entries are relative to.
@@ -232,11 +238,8 @@ def bench(
     return _write(table, out)
 
 
-# --- models -----------------------------------------------------------------------------------------------
-
-
 def _entries(bundles: Sequence[str | os.PathLike], peers_dir: str | os.PathLike | None, hog: bool) -> list[_Entry]:
-    from toolkit.peers import PEERS, open_peer
+    from toolkit.evaluate.peers import PEERS, open_peer
 
     entries = []
     for folder in bundles:
@@ -263,7 +266,7 @@ def _entries(bundles: Sequence[str | os.PathLike], peers_dir: str | os.PathLike 
 
             entries.append(_Entry(record.name, "peer", record.runtime, "fp32", path.stat().st_size, open_one))
     if hog:
-        from toolkit.hog import HogPeopleDetector
+        from toolkit.evaluate.hog import HogPeopleDetector
 
         entries.append(_Entry("hog", "baseline", "opencv", "-", None, lambda t, score: HogPeopleDetector()))
     return entries
@@ -277,7 +280,7 @@ def _accuracy(entry: _Entry, coco_json: Path, images_dir: Path | None) -> None:
         entry.runtime = _runtime(detector)
     finally:
         _close(detector)
-    log.info("%s: AP@[.5:.95] %s", entry.name, _fmt(entry.accuracy.map))
+    log.info("%s: AP@[.5:.95] %s", entry.name, fmt_ap(entry.accuracy.map))
 
 
 def _time_all(entries: Sequence[_Entry], threads: int, photos: Sequence[np.ndarray], frames: int) -> list[BenchRow]:
@@ -341,9 +344,6 @@ def _row(entry: _Entry, threads: int, model_ms: Sequence[float], frame_ms: Seque
     )
 
 
-# --- data ---------------------------------------------------------------------------------------------------
-
-
 @contextmanager
 def _evaluation_set(
     coco_json: str | os.PathLike | None, images_dir: str | os.PathLike | None, val_limit: int | None, mirror: str | None
@@ -362,8 +362,8 @@ def _evaluation_set(
             yield ann, Path(images_dir) if images_dir else None, f"{coco_json}", len(data["images"])
             return
         from models.base import TARGET_CLASSES
-        from toolkit.data import to_coco
-        from toolkit.datasets import default_splits
+        from toolkit.data.coco import to_coco
+        from toolkit.data.sets import default_splits
 
         _, val = default_splits(mirror=mirror)
         description = "default split, validation part (coco128, roadsign_kaggle_stop, roboflow_stop_signs)"
@@ -392,9 +392,6 @@ def _latency_photos(coco_json: Path, images_dir: Path | None) -> list[np.ndarray
         path = Path(images_dir) / name if images_dir else (name if name.is_absolute() else coco_json.parent / name)
         photos.append(load_image(path))
     return photos
-
-
-# --- output ---------------------------------------------------------------------------------------------------
 
 
 def _write(table: BenchTable, out: Path) -> BenchTable:
@@ -440,9 +437,6 @@ def plot(table: BenchTable, path: Path) -> Path:
     return path
 
 
-# --- helpers -------------------------------------------------------------------------------------------------------
-
-
 @contextmanager
 def _opencv_threads(threads: int) -> Iterator[None]:
     """OpenCV's own thread pool (resize, HOG) follows the thread count being measured."""
@@ -460,7 +454,7 @@ def _runtime(detector: Any) -> str:
     record = getattr(detector, "record", None)
     if record is not None:
         package = "onnxruntime" if record.runtime == "onnx" else "ai-edge-litert"
-        return f"{package} {_version(package)}"
+        return f"{package} {package_version(package)}"
     return f"opencv {cv2.__version__}"
 
 
@@ -471,15 +465,11 @@ def _close(detector: Any) -> None:
 
 
 def _versions() -> dict[str, str]:
-    return {p: _version(p) for p in ("onnxruntime", "ai-edge-litert", "opencv-contrib-python-headless")}
+    return {p: package_version(p) for p in ("onnxruntime", "ai-edge-litert", "opencv-contrib-python-headless")}
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -1,4 +1,4 @@
-"""Export a PyTorch detector to TFLite: float32 with litert-torch, and full-integer INT8.
+"""Full-integer INT8 TFLite: quantize litert-torch's float32 file with ai-edge-quantizer.
 
 Both files take an NHWC input (the layout TFLite kernels run in: no TRANSPOSE in front of the first
 convolution). The INT8 file quantizes litert-torch's float32 file with ai-edge-quantizer's static
@@ -30,8 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL, ChannelMoments
-from devices.errors import CalibrationError, ConfigError, MissingDependencyError, ModelFileError
+from devices.errors import CalibrationError, MissingDependencyError, ModelFileError
+from toolkit.export.tflite import export_tflite_fp32, input_hw, prepare_path
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +101,6 @@ class TfliteInt8Result:
     float_activations: tuple[str, ...] = ()
 
 
-def export_tflite_fp32(model: Any, path: str | Path, input_size: tuple[int, int] | None = None) -> Path:
-    """Convert a PyTorch model to a float32 TFLite file with an NHWC input.
-
-    Args:
-        model: ``nn.Module`` taking float (1, 3, H, W); evaluated in eval mode (its mode is restored).
-        path: Destination ``.tflite`` file (parent folders are created).
-        input_size: (height, width); defaults to ``model.spec.input``.
-
-    Returns:
-        The written path.
-
-    Raises:
-        MissingDependencyError: litert-torch is not installed (extra ``export``).
-        ConfigError: The input size is unknown.
-    """
-    litert_torch, torch = _require_litert_torch("float32 TFLite export")
-    height, width = _input_hw(model, input_size)
-    path = _prepare_path(path)
-    sample = torch.zeros(1, height, width, 3)
-    with _eval_mode(model):
-        edge = litert_torch.convert(litert_torch.to_channel_last_io(model, args=[0]).eval(), (sample,))
-    edge.export(str(path))
-    log.info("wrote float32 TFLite %s (%.2f MB)", path, path.stat().st_size / 1e6)
-    return path
-
-
 def export_tflite_int8(
     model: Any,
     path: str | Path,
@@ -174,9 +148,9 @@ def export_tflite_int8(
         ConfigError: Unknown input size.
         ModelFileError: The quantized file does not have the expected integer input.
     """
-    height, width = _input_hw(model, input_size)
+    height, width = input_hw(model, input_size)
     aeq = _require_quantizer()
-    path = _prepare_path(path)
+    path = prepare_path(path)
     samples = _calibration_nhwc(calibration_tensors, height, width)
     lo, hi = (
         input_range
@@ -402,18 +376,6 @@ def _output_tail_scopes(float_model: Path) -> list[str]:
     return scopes
 
 
-# --- helpers -----------------------------------------------------------------------------------------
-
-
-def _require_litert_torch(purpose: str) -> tuple[Any, Any]:
-    try:
-        import litert_torch
-        import torch
-    except ImportError as exc:
-        raise MissingDependencyError("litert-torch", "export", purpose) from exc
-    return litert_torch, torch
-
-
 def _require_quantizer() -> Any:
     try:
         import ai_edge_quantizer.quantizer
@@ -421,37 +383,6 @@ def _require_quantizer() -> Any:
     except ImportError as exc:
         raise MissingDependencyError("ai-edge-quantizer", "export", "INT8 TFLite export") from exc
     return ai_edge_quantizer
-
-
-def _input_hw(model: Any, input_size: tuple[int, int] | None) -> tuple[int, int]:
-    if input_size is not None:
-        return int(input_size[0]), int(input_size[1])
-    spec = getattr(getattr(model, "spec", None), "input", None)
-    if spec is None:
-        raise ConfigError(
-            f"{type(model).__name__} has no spec.input to take the input size from",
-            "pass input_size=(height, width)",
-        )
-    return spec.height, spec.width
-
-
-def _prepare_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix != ".tflite":
-        raise ConfigError(f"TFLite output path {path} does not end in .tflite", "name the file *.tflite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Put a module in eval mode for the export and restore its previous mode afterwards."""
-    was_training = bool(getattr(model, "training", False))
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _calibration_nhwc(tensors: Iterable[Any], height: int, width: int) -> list[np.ndarray]:

@@ -10,7 +10,6 @@ wheel; OpenCV 4.x has it in the main package.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import cv2
@@ -20,10 +19,9 @@ from devices.errors import ConfigError, MissingDependencyError
 from devices.processing import nms
 from devices.types import Detections
 
-log = logging.getLogger(__name__)
-
 #: Same classes and order as the learned models (``models.base.TARGET_CLASSES``).
 LABELS: tuple[str, ...] = ("pedestrian", "stop_sign")
+
 PEDESTRIAN = 0
 
 #: The detection window of the default people detector, (width, height) in pixels.
@@ -32,6 +30,7 @@ WINDOW = (64, 128)
 # Dalal & Triggs' 64x128 training windows hold the person with a 16 px margin on every side;
 # removing it turns a window into a box around the person, as COCO's boxes are drawn.
 _MARGIN_X = 16 / 64
+
 _MARGIN_Y = 16 / 128
 
 

@@ -1,0 +1,76 @@
+"""Training commands: ``edgesight train`` (fine-tune a COCO-pretrained detector)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from toolkit.cli.base import cli
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/exp1"),
+              show_default=True, help="Run folder: best.pt, last.pt, summary.json, val.json.")
+@click.option("--model", type=click.Choice(["yolox-nano", "fastestdet"]), default=None,
+              help="Architecture (default yolox-nano, the accurate tier).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file with recipe fields (see TrainConfig); flags override it.")
+@click.option("--imgsz", type=int, help="Square input size, a multiple of 32 (default: 512 YOLOX-Nano, 416 "
+              "FastestDet; their pretrained sizes are 416 and 352).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--max-minutes", type=float, help="Stop (and keep the best checkpoint) after this long.")
+@click.option("--max-train-images", type=int, help="Train on a random subset (quick trials).")
+@click.option("--max-val-images", type=int, help="Validate on the first N validation images (quick trials).")
+@click.option("--freeze-backbone/--train-backbone", default=None, help="Freeze the feature extractor (default).")
+@click.option("--protect-classes/--allow-class-drop", default=None,
+              help="Keep best.pt only from epochs where no class is below its zero-shot AP (default).")
+@click.option("--workers", type=int, help="Data-loading processes.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), multiple=True,
+              help="Your own annotated photos, added to the bundled sets (repeatable): a COCO .json, or a YOLO "
+              "(data.yaml) or Pascal VOC folder.")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Continue from a last.pt.")
+@click.pass_context
+def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Path | None, resume: Path | None,
+          **overrides: object) -> None:
+    """Fine-tune a COCO-pretrained detector on the bundled pedestrian and stop-sign photos."""
+    from toolkit.train import recipe
+    from toolkit.train import train as run_train
+
+    fields = json.loads(config_file.read_text()) if config_file else {}
+    fields.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    if model:
+        fields["model"] = model
+    config = recipe(**fields)
+    result = run_train(config, out_dir, mirror=ctx.obj["mirror"], resume=resume)
+    if result is None:
+        return
+    click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")
+    if result.best_epoch == 0:
+        click.echo("no epoch beat the zero-shot model on every class without losing another, so best.pt is the "
+                   "zero-shot model (last.pt holds the last epoch; --allow-class-drop keeps the best mean AP).")
+    rows = {"zero-shot (pretrained size)": result.zero_shot_native} if result.zero_shot_native else {}
+    size = f" ({config.imgsz})" if config.imgsz else ""
+    rows |= {f"zero-shot{size}": result.zero_shot, f"fine-tuned{size}": result.metrics}
+    click.echo(_ap_table(rows))
+    click.echo(f"wall time: {result.wall_seconds / 60:.1f} min" + (" (stopped by --max-minutes)"
+                                                                     if result.stopped_early else ""))
+
+
+def _ap_table(rows: dict[str, dict]) -> str:
+    """Markdown table of EvalResult dicts, one row per model."""
+    lines = ["| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP |",
+             "|---|---:|---:|---:|---:|---:|"]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for name, metrics in rows.items():
+        per = {c["name"]: c for c in metrics["classes"]}
+        cells = [fmt(per.get(cls, {}).get(key)) for cls in ("pedestrian", "stop_sign") for key in ("ap", "ap50")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {fmt(metrics['map'])} |")
+    return "\n".join(lines)
