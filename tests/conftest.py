@@ -54,3 +54,71 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if os.environ.get("CI") and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where the mirror and every runtime must be present: {report.longrepr}"
+
+
+# --- a real camera stream: Debian's ffmpeg serving MJPEG over HTTP ------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MjpegStream:
+    """``ffmpeg -re ... -f mpjpeg -listen 1 http://127.0.0.1:PORT/cam.mjpg``: a live camera at the video's
+    own rate, looping. One client at a time, as a cheap IP camera; ``kill`` and ``start`` again to restart
+    it on the same port, ``freeze``/``thaw`` (SIGSTOP/SIGCONT) to make it hang with the socket open."""
+
+    def __init__(self, video: Path, port: int) -> None:
+        self.video = video
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/cam.mjpg"
+        self.proc = None
+
+    def start(self) -> MjpegStream:
+        import shutil
+        import subprocess
+
+        if shutil.which("ffmpeg") is None:
+            pytest.skip("ffmpeg is not installed (make services)")
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.video),
+             "-an", "-c:v", "mjpeg", "-q:v", "6", "-f", "mpjpeg", "-listen", "1", self.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        return self
+
+    def freeze(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def mjpeg_stream(mirror: Path):
+    """Start with ``mjpeg_stream()``; every stream started is killed at the end of the test."""
+    streams: list[MjpegStream] = []
+
+    def start(port: int | None = None) -> MjpegStream:
+        stream = MjpegStream(mirror / "videos" / "vtest.avi", port or free_port()).start()
+        streams.append(stream)
+        return stream
+
+    yield start
+    for stream in streams:
+        stream.kill()
