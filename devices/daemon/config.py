@@ -11,10 +11,14 @@ setting). Times are in seconds, boxes and zones in pixels of the camera frame un
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from devices.errors import ConfigError
 
 
 class _Model(BaseModel):
@@ -171,6 +175,10 @@ class DaemonConfig(_Model):
     runtime: Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"] = "auto"
     threads: int | None = Field(None, ge=1, description="Runtime threads (None: every core).")
     detect_timeout: float = Field(10.0, gt=0, description="A detector call stuck longer is abandoned and reopened.")
+    watch_bundle: bool = Field(
+        True, description="Reload when the bundle's files change on disk (verified first; the old one keeps running "
+        "if the new one fails). SIGHUP and POST /api/reload reload in any case."
+    )
     source: SourceConfig
     motion: MotionConfig = MotionConfig()
     classes: dict[str, ClassRule] = Field(default_factory=_default_classes)
@@ -189,3 +197,142 @@ class DaemonConfig(_Model):
         if duplicates:
             raise ValueError(f"zone names {duplicates} are used more than once; give each zone its own name")
         return zones
+
+
+# --- reading a config ------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
+    """Read a YAML config (optional) and apply overrides on top (command-line flags), then validate.
+
+    Args:
+        path: The YAML file; None: only ``overrides``.
+        overrides: Nested fields that replace the file's (``{"source": {"uri": "0"}}``); sections are
+            merged, so ``--mqtt`` keeps the file's MQTT credentials.
+
+    Raises:
+        ConfigError: The file is missing or not YAML (line and column), or fields are invalid (each
+            named with its value and a fix).
+    """
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    data = merge(data, overrides or {})
+    try:
+        return DaemonConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, str(path) if path is not None else "the command line") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path``.
+
+    Raises:
+        ConfigError: Missing file, YAML syntax error (with line and column) or not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}",
+                          "check the path (`edgesight config schema` prints every field)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}",
+            "fix the syntax there (indent with spaces, `key: value`, quote values holding ': ')",
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of settings",
+                          "write `key: value` lines, e.g. `bundle: bundles/yolox-nano-tflite-int8`")
+    return data
+
+
+def merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``; nested mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_error(exc: ValidationError, where: str) -> ConfigError:
+    """One ``ConfigError`` listing every invalid field as ``field: problem (value); fix``."""
+    lines = [_describe(err) for err in exc.errors()]
+    noun = "setting is" if len(lines) == 1 else "settings are"
+    return ConfigError(
+        f"{where}: {len(lines)} {noun} invalid:\n    " + "\n    ".join(lines),
+        "correct the fields named above (`edgesight config schema` lists every field with its meaning)",
+    )
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    name = ".".join(str(p) for p in loc) or "(top level)"
+    kind, ctx = err["type"], err.get("ctx") or {}
+    value = "" if kind == "missing" else f" (got {err.get('input')!r})"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{name}: {message}{value}; fix: {_fix(kind, ctx, loc)}"
+
+
+def _fix(kind: str, ctx: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    bounds = {"greater_than": "above", "greater_than_equal": "at least", "less_than": "below",
+              "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"use a value {bounds[kind]} {limit}"
+    if kind == "missing":
+        return f"add `{loc[-1]}`" + (f" ({_field_help(loc)})" if _field_help(loc) else "")
+    if kind == "extra_forbidden":
+        known = _known_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return f"{hint}remove it or correct the spelling; allowed here: {', '.join(known)}" if known else "remove it"
+    if kind == "literal_error":
+        return f"use one of {ctx.get('expected', 'the listed values')}"
+    if kind == "string_pattern_mismatch":
+        return f"use a value matching {ctx.get('pattern')}"
+    if kind in ("too_short", "too_long"):
+        limit = ctx.get("min_length", ctx.get("max_length"))
+        return f"give {'at least' if kind == 'too_short' else 'at most'} {limit} items"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        wanted = _TYPE_WORDS.get(kind.split("_")[0], f"a {kind.split('_')[0]}")
+        return f"use {wanted}" + (f" ({_field_help(loc)})" if _field_help(loc) else "")
+    return "see the message"
+
+
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "string": "text",
+               "path": "a file path", "dict": "a mapping (key: value lines)", "tuple": "a list",
+               "list": "a list", "model": "a mapping (key: value lines)"}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the fields at ``loc`` (a path of field names)."""
+    model: Any = DaemonConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in getattr(annotation, "__args__", (annotation,))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model = _model_at(loc)
+    return list(model.model_fields) if model else []
+
+
+def _field_help(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc[:-1])
+    info = model.model_fields.get(str(loc[-1])) if model else None
+    return (info.description or "") if info else ""

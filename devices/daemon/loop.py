@@ -1,0 +1,430 @@
+"""The frame loop: capture -> motion gate -> detector -> tracker/events -> sinks, in threads.
+
+Threads and the bounded queues between them::
+
+    capture (Source)  --latest frame / small queue-->  detect  --events queue-->  events  --> observers
+                                                       gate + detector            pipeline, publisher
+
+* ``detect`` takes the newest frame, asks the motion gate, runs the detector. Its call is watched: the
+  supervisor abandons a thread stuck past ``detect_timeout`` and starts a fresh one with a reopened
+  detector (``abandon_detector``).
+* ``events`` turns results into events (``EventPipeline.update``) and hands them to the publisher,
+  which returns once they are durable in the spool; then it gives every frame to the observers.
+* ``observers`` (the live view, an annotated-MP4 writer) run in their own thread so that a slow one
+  never delays detection; for live sources a full observer queue drops (counted), for files it waits.
+
+The loop holds no configuration of its own beyond queue sizes: the service builds the parts.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devices.errors import DataError
+from devices.sources import Source, SourceEnded
+from devices.types import Detections, Frame
+
+log = logging.getLogger(__name__)
+
+#: Results waiting for the events thread; small, so a stuck sink shows up as back-pressure at once.
+EVENTS_QUEUE = 4
+OBSERVER_QUEUE = 8
+#: Consecutive detector errors (not bad frames) before the detector is reopened.
+MAX_DETECTOR_ERRORS = 5
+_RATE_WINDOW = 5.0
+_END = object()
+
+
+class Detector(Protocol):
+    """What the loop calls: a BGR frame in, detections out (``devices.runner.BundleDetector``)."""
+
+    def __call__(self, frame: Any) -> Detections: ...
+
+    def close(self) -> None: ...
+
+
+class Gate(Protocol):
+    def check(self, frame: Frame) -> bool: ...
+
+
+class Pipeline(Protocol):
+    def update(self, frame: Frame, detections: Detections | None) -> list[Any]: ...
+
+    def tracks(self) -> list[Any]: ...
+
+    def finish(self, frame_time: float) -> list[Any]: ...
+
+
+class Publisher(Protocol):
+    def submit(self, events: list[Any]) -> None: ...
+
+
+#: Given every frame after the events stage: the frame, its detections (None: the gate skipped the
+#: detector), and the live tracks.
+FrameObserver = Callable[[Frame, "Detections | None", list], None]
+
+
+class RateMeter:
+    """Events per second over the last few seconds."""
+
+    def __init__(self, window: float = _RATE_WINDOW) -> None:
+        self.window = window
+        self._times: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self._trim(now)
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._trim(now)
+            if len(self._times) < 2:
+                return 0.0
+            return (len(self._times) - 1) / max(now - self._times[0], 1e-9)
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+
+
+@dataclass
+class LoopCounters:
+    """What the loop counted (read by /metrics and /api/status; written by the loop's threads)."""
+
+    frames_in: int = 0            # frames taken from the source
+    detected: int = 0             # frames the detector ran on
+    motion_skipped: int = 0       # frames the motion gate kept from the detector
+    bad_frames: int = 0           # frames the detector refused as malformed
+    detector_errors: int = 0      # detector calls that raised
+    detector_stalls: int = 0      # detector calls abandoned past detect_timeout
+    detector_swaps: int = 0       # detectors replaced (reloads and reopens)
+    processed: int = 0            # frames through the events stage
+    events: collections.Counter = field(default_factory=collections.Counter)  # (label, type) -> count
+    observer_errors: int = 0
+    observer_dropped: int = 0
+    last_detect_mono: float | None = None     # when the detector last answered
+    last_processed_mono: float | None = None  # when a frame last left the events stage
+
+
+class Loop:
+    """Runs the threads of one daemon over a source and a detector.
+
+    Args:
+        source: An open ``Source``.
+        detector: An open detector; the loop closes the detectors it replaces, and the last one at the end.
+        gate: The motion gate, or None to run the detector on every frame.
+        pipeline: The event pipeline, or None to stop at detections.
+        publisher: Where events go, or None.
+        observers: Frame observers (more can be added with ``add_observer`` before ``start``).
+        lossless_observers: Observers wait for a full queue instead of dropping (files, MP4 writers).
+        on_inference: Called with (seconds, frame age in seconds) after each detector call (metrics).
+        on_events: Called with (events, the frame they came from) once they are durable (metrics).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        detector: Detector,
+        gate: Gate | None = None,
+        pipeline: Pipeline | None = None,
+        publisher: Publisher | None = None,
+        observers: Sequence[FrameObserver] = (),
+        lossless_observers: bool | None = None,
+        on_inference: Callable[[float, float], None] | None = None,
+        on_events: Callable[[list[Any], Frame], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.gate = gate
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.observers: list[FrameObserver] = list(observers)
+        self.lossless_observers = (not source.realtime) if lossless_observers is None else lossless_observers
+        self.on_inference = on_inference
+        self.on_events = on_events
+        self.counters = LoopCounters()
+        self.detect_rate, self.process_rate = RateMeter(), RateMeter()
+        self.ended: SourceEnded | None = None
+        self.failure: str | None = None  # set when the loop cannot go on (the service exits non-zero)
+        self.last_frame: Frame | None = None
+        self._detector = detector
+        self._pending: Detector | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._gen = 0
+        self._input_ended = False
+        self._busy_since: float | None = None
+        self._events_q: queue.Queue = queue.Queue(EVENTS_QUEUE)
+        self._observer_q: queue.Queue = queue.Queue(OBSERVER_QUEUE)
+        self._threads: dict[str, threading.Thread] = {}
+        self._last_frame_time = 0.0
+
+    # --- control (from the supervisor) --------------------------------------------------------------------
+
+    def add_observer(self, observer: FrameObserver) -> None:
+        self.observers.append(observer)
+
+    def start(self) -> None:
+        self._start_detect(self._detector)
+        for name, target in (("events", self._events_run), ("observers", self._observers_run)):
+            self._threads[name] = threading.Thread(target=target, name=name, daemon=True)
+            self._threads[name].start()
+
+    @property
+    def done(self) -> bool:
+        """The input ended (file end, failure) and every result went through the events stage."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking frames, drain what was taken, finish open tracks; True when it all finished in time."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        detect = self._threads.get("detect")
+        if detect is not None:
+            detect.join(max(0.0, deadline - time.monotonic()))
+            if detect.is_alive():
+                log.warning("stop: the detector is still busy; its frame is abandoned")
+                self._end_input()
+        for name in ("events", "observers"):
+            thread = self._threads.get(name)
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        finished = self._done.is_set()
+        self._close_detectors()
+        return finished
+
+    def replace_detector(self, detector: Detector) -> None:
+        """Use ``detector`` from the next frame on (the detect thread swaps it in and closes the old one)."""
+        with self._lock:
+            stale, self._pending = self._pending, detector
+        if stale is not None:
+            stale.close()
+
+    def detector_busy_for(self) -> float:
+        """Seconds the current detector call has been running (0 when idle)."""
+        busy = self._busy_since
+        return 0.0 if busy is None else time.monotonic() - busy
+
+    def abandon_detector(self, fresh: Detector) -> None:
+        """The detector call is stuck: leave its thread behind and go on with ``fresh`` in a new one."""
+        with self._lock:
+            self.counters.detector_stalls += 1
+            self._busy_since = None
+        log.error("the detector call has run for over the limit: abandoned (stall #%d); detector reopened",
+                  self.counters.detector_stalls)
+        self._start_detect(fresh)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {"events": self._events_q.qsize(), "observers": self._observer_q.qsize()}
+
+    # --- detect thread ------------------------------------------------------------------------------------
+
+    def _start_detect(self, detector: Detector) -> None:
+        with self._lock:
+            if self._input_ended:
+                detector.close()
+                return
+            self._gen += 1
+            gen = self._gen
+            self._detector = detector
+        thread = threading.Thread(target=self._detect_run, args=(gen, detector), name=f"detect-{gen}", daemon=True)
+        self._threads["detect"] = thread
+        thread.start()
+
+    def _detect_run(self, gen: int, detector: Detector) -> None:
+        errors = 0
+        try:
+            while not self._stop.is_set() and gen == self._gen:
+                detector = self._swap_if_pending(gen, detector)
+                try:
+                    frame = self.source.read(timeout=0.2)
+                except SourceEnded as end:
+                    self.ended = end
+                    break
+                if frame is None:
+                    continue
+                with self._lock:
+                    self.counters.frames_in += 1
+                self.last_frame = frame
+                detections, ok = self._detect(gen, detector, frame)
+                if gen != self._gen:
+                    detector.close()  # abandoned while stuck: its replacement runs in a new thread
+                    return
+                if not ok:
+                    errors += 1
+                    if errors >= MAX_DETECTOR_ERRORS:
+                        self.failure = f"the detector failed {errors} times in a row (see the log)"
+                        break
+                    continue
+                errors = 0
+                self._put_result(frame, detections)
+        except Exception as exc:
+            log.exception("the detect thread failed")
+            self.failure = f"the detect thread failed: {exc}"
+        if gen == self._gen:
+            self._end_input()
+
+    def _swap_if_pending(self, gen: int, detector: Detector) -> Detector:
+        with self._lock:
+            fresh, self._pending = self._pending, None
+            if fresh is None or gen != self._gen:
+                return detector
+            self._detector = fresh
+            self.counters.detector_swaps += 1
+        detector.close()
+        return fresh
+
+    def _detect(self, gen: int, detector: Detector, frame: Frame) -> tuple[Detections | None, bool]:
+        """(detections or None when the gate skipped, False when the call failed)."""
+        if self.gate is not None and not self.gate.check(frame):
+            with self._lock:
+                self.counters.motion_skipped += 1
+            return None, True
+        started = time.monotonic()
+        self._busy_since = started
+        try:
+            detections = detector(frame.image)
+        except DataError as exc:
+            with self._lock:
+                self.counters.bad_frames += 1
+            log.warning("frame %d skipped by the detector: %s", frame.index, exc.problem)
+            return None, True
+        except Exception:
+            with self._lock:
+                self.counters.detector_errors += 1
+            log.exception("detector call failed on frame %d", frame.index)
+            return None, False
+        finally:
+            if gen == self._gen:
+                self._busy_since = None
+        done = time.monotonic()
+        with self._lock:
+            self.counters.detected += 1
+            self.counters.last_detect_mono = done
+        self.detect_rate.tick(done)
+        if self.on_inference is not None:
+            self.on_inference(done - started, started - frame.mono)
+        return detections, True
+
+    def _put_result(self, frame: Frame, detections: Detections | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._events_q.put((frame, detections), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        # Stopping: the frame still goes through if there is room (it was captured and detected).
+        try:
+            self._events_q.put_nowait((frame, detections))
+        except queue.Full:
+            pass
+
+    def _end_input(self) -> None:
+        with self._lock:
+            if self._input_ended:
+                return
+            self._input_ended = True
+            self._gen += 1  # a detect thread still running (stuck in the detector) is now abandoned
+        try:
+            self._events_q.put(_END, timeout=1.0)
+        except queue.Full:
+            log.error("the events stage is not draining; results still queued are lost")
+
+    # --- events thread ------------------------------------------------------------------------------------
+
+    def _events_run(self) -> None:
+        try:
+            while True:
+                item = self._events_q.get()
+                if item is _END:
+                    break
+                frame, detections = item
+                self._process(frame, detections)
+            self._finish_tracks()
+        except Exception as exc:
+            log.exception("the events stage failed")
+            self.failure = f"the events stage failed: {exc}"
+        finally:
+            self._observer_q.put(_END)
+
+    def _process(self, frame: Frame, detections: Detections | None) -> None:
+        events = self.pipeline.update(frame, detections) if self.pipeline is not None else []
+        if events:
+            self._publish(events, frame)
+        self._last_frame_time = frame.time
+        now = time.monotonic()
+        with self._lock:
+            self.counters.processed += 1
+            self.counters.last_processed_mono = now
+        self.process_rate.tick(now)
+        if self.observers:
+            tracks = self.pipeline.tracks() if self.pipeline is not None else []
+            self._to_observers((frame, detections, tracks))
+
+    def _publish(self, events: list[Any], frame: Frame) -> None:
+        if self.publisher is not None:
+            self.publisher.submit(events)
+        with self._lock:
+            for event in events:
+                self.counters.events[(event.label, event.type)] += 1
+        if self.on_events is not None:
+            self.on_events(events, frame)
+
+    def _finish_tracks(self) -> None:
+        if self.pipeline is None:
+            return
+        events = self.pipeline.finish(self._last_frame_time or time.time())
+        if events and self.last_frame is not None:
+            self._publish(events, self.last_frame)
+
+    # --- observers thread ---------------------------------------------------------------------------------
+
+    def _to_observers(self, item: tuple) -> None:
+        if self.lossless_observers:
+            self._observer_q.put(item)
+            return
+        try:
+            self._observer_q.put_nowait(item)
+        except queue.Full:
+            with self._lock:
+                self.counters.observer_dropped += 1
+
+    def _observers_run(self) -> None:
+        while True:
+            item = self._observer_q.get()
+            if item is _END:
+                break
+            for observer in self.observers:
+                try:
+                    observer(*item)
+                except Exception:
+                    with self._lock:
+                        self.counters.observer_errors += 1
+                        first = self.counters.observer_errors <= 3
+                    if first:
+                        log.exception("frame observer %r failed", observer)
+        self._done.set()
+
+    def _close_detectors(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        for detector in (pending, self._detector):
+            if detector is not None and self.detector_busy_for() == 0.0:
+                try:
+                    detector.close()
+                except Exception:
+                    log.exception("closing the detector failed")

@@ -1,0 +1,189 @@
+"""The daemon's parts in-process: a stuck detector abandoned and reopened, frame observers, the HTTP
+server's routes and token, and the sd_notify protocol on a real unix datagram socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices.daemon.config import DaemonConfig
+from devices.daemon.http import HttpServer, Response, bearer_token_ok
+from devices.daemon.service import Daemon, ExitCode, bundle_detector_factory
+from devices.daemon.systemd import Notifier
+from devices.types import Detections, Frame
+
+INT8 = "yolox-nano-tflite-int8"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    mirror = request.getfixturevalue("mirror")
+    out = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(mirror / "videos" / "vtest.avi"),
+                    "-frames:v", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
+def _config(test_bundles: Path, clip: Path, **fields) -> DaemonConfig:
+    return DaemonConfig.model_validate({"bundle": str(test_bundles / INT8), "source": {"uri": str(clip)},
+                                        "http": None, **fields})
+
+
+def _run_in_thread(daemon: Daemon, limit: float = 60) -> ExitCode:
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("code", daemon.run()), daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert not worker.is_alive(), "the daemon did not finish"
+    return result["code"]
+
+
+class _HangsOnce:
+    """A real BundleDetector whose ``hang_on``-th call blocks until released: a wedged runtime or driver."""
+
+    def __init__(self, inner, hang_on: int, release: threading.Event) -> None:
+        self.inner, self.hang_on, self.release, self.calls = inner, hang_on, release, 0
+        self.bundle, self.labels = inner.bundle, inner.labels
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        self.calls += 1
+        if self.calls == self.hang_on:
+            self.release.wait()
+        return self.inner(image)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Path) -> None:
+    cfg = _config(test_bundles, clip, detect_timeout=1.0)
+    opened, release = [], threading.Event()
+    real = bundle_detector_factory(cfg)
+
+    def open_detector(path: Path):
+        detector = _HangsOnce(real(path), hang_on=10 if not opened else 0, release=release)
+        opened.append(detector)
+        return detector
+
+    daemon = Daemon(cfg, open_detector=open_detector)
+    started = time.monotonic()
+    code = _run_in_thread(daemon)
+    release.set()
+    counters = daemon.loop.counters
+    assert code == ExitCode.OK
+    assert counters.detector_stalls == 1 and len(opened) == 2
+    assert counters.frames_in == 30 and counters.detected == 29  # only the frame it was stuck on is lost
+    assert counters.processed == 29
+    assert time.monotonic() - started < 30
+
+
+def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_bundles: Path, clip: Path) -> None:
+    seen: list[tuple[int, int | None]] = []
+
+    def record(frame: Frame, detections: Detections | None, tracks: list) -> None:
+        seen.append((frame.index, None if detections is None else len(detections)))
+        time.sleep(0.01)  # slower than nothing: a lossless observer must still get every frame
+
+    def broken(frame: Frame, detections: Detections | None, tracks: list) -> None:
+        raise RuntimeError("observer bug")
+
+    daemon = Daemon(_config(test_bundles, clip))
+    original = daemon._make_loop
+
+    def make_loop(detector):
+        loop = original(detector)
+        loop.add_observer(record)
+        loop.add_observer(broken)
+        return loop
+
+    daemon._make_loop = make_loop
+    assert _run_in_thread(daemon) == ExitCode.OK
+    assert [index for index, _ in seen] == list(range(30))
+    assert sum(n for _, n in seen) > 30  # vtest is full of pedestrians
+    assert daemon.loop.counters.observer_errors == 30
+
+
+# --- HTTP server ------------------------------------------------------------------------------------------
+
+
+def _fetch(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_http_routes_prefixes_and_token() -> None:
+    server = HttpServer("127.0.0.1", 0)
+    server.route("GET", "/api/status", lambda r: Response.json({"ok": True, "q": r.query.get("x")}))
+    server.route("GET", "/snapshots", lambda r: Response.text(f"file {r.path}"), prefix=True)
+    server.route("POST", "/api/reload", lambda r: bearer_token_ok(r, "0123456789") or Response.json({"ok": True}))
+    with pytest.raises(ValueError, match="already registered"):
+        server.route("GET", "/api/status", lambda r: Response.text(""))
+    server.start()
+    try:
+        assert server.host == "127.0.0.1" and server.port > 0
+        code, body = _fetch(f"{server.url}/api/status?x=1")
+        assert code == 200 and json.loads(body) == {"ok": True, "q": ["1"]}
+        assert _fetch(f"{server.url}/snapshots/a/b.jpg") == (200, b"file /snapshots/a/b.jpg\n")
+        assert _fetch(f"{server.url}/nope")[0] == 404
+        assert _fetch(f"{server.url}/api/status", "POST")[0] == 405
+        assert _fetch(f"{server.url}/api/reload", "POST")[0] == 401
+        assert _fetch(f"{server.url}/api/reload", "POST", {"Authorization": "Bearer 0123456789"})[0] == 200
+    finally:
+        server.close()
+
+
+def test_http_port_in_use_is_a_config_error() -> None:
+    from devices.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = HttpServer("127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(ConfigError, match="cannot listen") as info:
+            server.start()
+    assert "port 0 picks a free one" in info.value.fix
+
+
+# --- sd_notify --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_datagrams(tmp_path: Path, abstract: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"@edgesight-test-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify")
+    receiver.bind("\0" + name[1:] if abstract else name)
+    receiver.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", name)
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    notifier = Notifier.from_env()
+    assert notifier.enabled and notifier.watchdog_interval == 1.5
+    assert notifier.ready("running")
+    assert receiver.recv(1024) == b"READY=1\nSTATUS=running"
+    assert notifier.watchdog()
+    assert receiver.recv(1024) == b"WATCHDOG=1"
+    assert notifier.stopping()
+    assert receiver.recv(1024) == b"STOPPING=1"
+    notifier.close()
+    receiver.close()
+
+
+def test_sd_notify_off_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # another process's watchdog
+    notifier = Notifier.from_env()
+    assert not notifier.enabled and not notifier.ready() and notifier.watchdog_interval is None
