@@ -56,6 +56,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.longrepr = f"skipped in CI, where the mirror and every runtime must be present: {report.longrepr}"
 
 
+@pytest.fixture(scope="session")
+def clip(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 60 frames of vtest.avi (768x576, 10 fps), re-encoded to H.264 by ffmpeg: a short real video."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(mirror / "videos" / "vtest.avi"),
+                    "-frames:v", "60", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
 # --- a real camera stream: Debian's ffmpeg serving MJPEG over HTTP ------------------------------------------
 
 def free_port() -> int:

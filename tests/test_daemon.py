@@ -109,16 +109,6 @@ def daemon(device_bin: Path, tmp_path: Path):
         process.close()
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
-    """The first 60 frames of vtest.avi, re-encoded by ffmpeg."""
-    mirror = request.getfixturevalue("mirror")
-    out = tmp_path_factory.mktemp("clip") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(mirror / "videos" / "vtest.avi"),
-                    "-frames:v", "60", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(out)], check=True)
-    return out
-
-
 def _copy_bundle(test_bundles: Path, name: str, dest: Path) -> Path:
     return Path(shutil.copytree(test_bundles / name, dest))
 
