@@ -1,0 +1,1 @@
+"""Deploy to boards over SSH: wheelhouses, releases, the systemd unit, fleets."""
