@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -138,7 +139,7 @@ def chroot_run(root: Path, argv: list[str], work: Path, timeout: float = 1800,
         f"mount --bind {work} {root}/mnt",
         f"mount -t proc proc {root}/proc",
         f"mount --rbind /dev {root}/dev",
-        f"exec chroot {root} env -i {' '.join(f'{k}={v}' for k, v in clean.items())} " + " ".join(argv),
+        "exec " + shlex.join(["chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *argv]),
     ])
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
                           capture_output=True, text=True, timeout=timeout, check=False)
