@@ -43,7 +43,8 @@ useradd --create-home --shell /bin/bash --groups sudo,video pi
 echo 'pi ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/010_pi-nopasswd
 chmod 0440 /etc/sudoers.d/010_pi-nopasswd
 install -d -m 700 -o pi -g pi /home/pi/.ssh
-printf 'PasswordAuthentication no\\nKbdInteractiveAuthentication no\\nUseDNS no\\n' > /etc/ssh/sshd_config.d/10-keys-only.conf
+printf 'PasswordAuthentication no\\nKbdInteractiveAuthentication no\\nUseDNS no\\n' \\
+    > /etc/ssh/sshd_config.d/10-keys-only.conf
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer dpkg-db-backup.timer \
     systemd-tmpfiles-clean.timer console-getty.service getty@tty1.service
 echo edgesight-device > /etc/hostname
@@ -166,10 +167,13 @@ class DeviceHost:
         name: Container and SSH alias name.
         public_key: The key that may log in as ``pi``.
         work: A folder for this host's files.
+        binds: Host folders shown read-only in the container (host path -> container path).
     """
 
-    def __init__(self, root: Path, name: str, public_key: Path, work: Path) -> None:
+    def __init__(self, root: Path, name: str, public_key: Path, work: Path,
+                 binds: dict[Path, str] | None = None) -> None:
         self.root, self.name, self.work = root, name, work
+        self.binds = binds or {}
         self.port = free_port()
         work.mkdir(parents=True, exist_ok=True)
         (work / "sshd.conf").write_text(f"Port {self.port}\nListenAddress 127.0.0.1\n")
@@ -190,7 +194,8 @@ class DeviceHost:
             ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.root}", "--volatile=overlay",
              "--register=no", "--keep-unit", f"--machine={self.name}", f"--hostname={self.name}",
              f"--bind-ro={self.work / 'sshd.conf'}:/etc/ssh/sshd_config.d/20-port.conf",
-             f"--bind-ro={self._keys}:/home/pi/.ssh/authorized_keys"],
+             f"--bind-ro={self._keys}:/home/pi/.ssh/authorized_keys",
+             *(f"--bind-ro={host}:{guest}" for host, guest in self.binds.items())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

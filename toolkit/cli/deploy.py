@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -74,7 +73,7 @@ def deploy(bundle: Path | None, hosts: tuple[str, ...], inventory: Path | None, 
                             ssh_config=ssh_config, health_timeout=health_timeout)
     planned = plan_hosts(hosts, inventory, config_file, options)
     if action:
-        failed = sum(not _board_command(entry.host, action, replace(entry.options), lines, as_json) for entry in planned)
+        failed = sum(not _board_command(entry.host, action, entry.options, lines, as_json) for entry in planned)
         sys.exit(1 if failed else 0)
     if bundle is None:
         raise click.UsageError("give the BUNDLE folder to deploy (or --status, --logs, --rollback)")
@@ -82,8 +81,9 @@ def deploy(bundle: Path | None, hosts: tuple[str, ...], inventory: Path | None, 
 
     def progress(result) -> None:
         if not as_json:
-            click.echo(f"{result.host}: {result.result} ({result.seconds:.1f} s) {result.detail.splitlines()[0]}",
-                       err=True)
+            # A failure keeps its fix line(s); a success needs one line.
+            detail = result.detail if not result.ok else result.detail.splitlines()[0]
+            click.echo(f"{result.host}: {result.result} ({result.seconds:.1f} s) {detail}", err=True)
             for line in result.journal[-10:]:
                 click.echo(f"    {line}", err=True)
 

@@ -10,7 +10,7 @@ command, and reads one JSON line from its stdout; progress goes to stderr. Comma
 
 Layout on the board (``--root``, default /opt/edgesight; state in /var/lib/edgesight)::
 
-    releases/<id>/bundle/        read-only copy of the bundle
+    releases/<id>/<bundle name>/ read-only copy of the bundle
     releases/<id>/camera.yaml    the config the service runs
     releases/<id>/venv ->        ../../venvs/<venv key>  (a venv is shared by releases with the same wheels)
     releases/<id>/release.json   what the release is (keys, bundle, when)
@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 RELEASE_FILE = "release.json"
+UNIT_FILE = "unit.service"
 COMPLETE_MARK = ".complete"
 
 
@@ -48,7 +49,8 @@ def say(message: str) -> None:
 def run(*argv: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
-        raise AgentError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}")
+        said = (proc.stderr or proc.stdout).strip()[-800:]
+        raise AgentError(f"`{' '.join(argv)}` failed ({proc.returncode}): {said}")
     return proc
 
 
@@ -99,7 +101,7 @@ def service_state(service: str) -> dict:
 
 def probe(args: argparse.Namespace) -> dict:
     root = Path(args.root)
-    path, release = current_release(root)
+    _, release = current_release(root)
     venvs = sorted(p.name for p in (root / "venvs").glob("*") if (p / COMPLETE_MARK).is_file())
     state = service_state(args.service)
     url = (release or {}).get("health_url")
@@ -185,25 +187,29 @@ def make_release(root: Path, staging: Path, spec: dict, venv: Path) -> Path:
     temp = final.with_name(final.name + ".tmp")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    shutil.copytree(staging / "bundle", temp / "bundle")
+    # The bundle keeps its folder name: the daemon reports it (events, /api/status) by that name.
+    shutil.copytree(staging / "bundle", temp / spec["bundle_name"])
     shutil.copy2(staging / "camera.yaml", temp / "camera.yaml")
     (temp / "venv").symlink_to(os.path.relpath(venv, final))
     (temp / RELEASE_FILE).write_text(json.dumps(dict(spec["release"], **now), indent=2) + "\n")
-    for path in [temp / "bundle", *(temp / "bundle").rglob("*")]:
+    for path in [temp / spec["bundle_name"], *(temp / spec["bundle_name"]).rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     (temp / "camera.yaml").chmod(0o444)
+    # Each release keeps its unit, so that a rollback also restores the unit it ran under.
+    (temp / UNIT_FILE).write_text(spec["unit"])
     os.replace(temp, final)
     return final
 
 
-def install_unit(spec: dict) -> bool:
-    """Write the unit when it changed; True if it did."""
-    path = Path(spec["unit_path"])
-    if path.is_file() and path.read_text() == spec["unit"]:
+def install_unit(service: str, release: Path) -> bool:
+    """Install the unit of ``release`` when it differs from the installed one; True if it did."""
+    path = Path(f"/etc/systemd/system/{service}.service")
+    text = (release / UNIT_FILE).read_text()
+    if path.is_file() and path.read_text() == text:
         return False
-    path.write_text(spec["unit"])
+    path.write_text(text)
     run("systemctl", "daemon-reload")
-    run("systemctl", "enable", "--quiet", spec["service"])
+    run("systemctl", "enable", "--quiet", service)
     say(f"installed {path}")
     return True
 
@@ -269,20 +275,21 @@ def apply(args: argparse.Namespace) -> dict:
     ensure_state_dirs(spec)
     venv = ensure_venv(root, staging, spec)
     release = make_release(root, staging, spec, venv)
-    unit_changed = install_unit(spec)
     previous, _ = current_release(root)
+    unit_changed = install_unit(spec["service"], release)
     if previous == release.resolve() and not unit_changed:
         ok, detail = health(spec["health_url"])
         if ok and service_state(spec["service"]).get("ActiveState") == "active":
             shutil.rmtree(staging, ignore_errors=True)
-            return {"result": "unchanged", "release": release.name, "health": detail}
+            return {"result": "unchanged", "release": release.name, "health": detail, "record": read_release(release)}
     switch(root, release)
     say(f"current -> {release.name}; restarting {spec['service']}")
     ok, detail = restart_and_check(spec)
     if ok:
         removed = prune(root, spec["keep"], {release.resolve(), *([previous] if previous else [])})
         shutil.rmtree(staging, ignore_errors=True)
-        return {"result": "deployed", "release": release.name, "health": detail, "pruned": removed}
+        return {"result": "deployed", "release": release.name, "health": detail, "pruned": removed,
+                "record": read_release(release)}
     # The check failed: keep the journal that says why, then go back to what ran before.
     shutil.rmtree(staging, ignore_errors=True)
     logs = journal(spec["service"], 40, since=started)
@@ -293,10 +300,11 @@ def apply(args: argparse.Namespace) -> dict:
         return {"result": "failed", "release": release.name, "reason": detail, "journal": logs}
     say(f"health check failed ({detail}); rolling back to {previous.name}")
     switch(root, previous)
+    install_unit(spec["service"], previous)
     back_ok, back_detail = restart_and_check(spec)
     shutil.rmtree(release, ignore_errors=True)
     return {"result": "rolled_back", "release": previous.name, "failed_release": release.name, "reason": detail,
-            "journal": logs, "rollback_healthy": back_ok, "health": back_detail}
+            "journal": logs, "rollback_healthy": back_ok, "health": back_detail, "record": read_release(previous)}
 
 
 def rollback(args: argparse.Namespace) -> dict:
@@ -310,6 +318,7 @@ def rollback(args: argparse.Namespace) -> dict:
         raise AgentError(f"{path.name} is the oldest release on the board; there is nothing to roll back to")
     target = older[-1]
     switch(root, target)
+    install_unit(args.service, target)
     say(f"current -> {target.name} (was {path.name}); restarting {args.service}")
     spec = {"service": args.service, "health_url": read_release(target)["health_url"],
             "health_timeout": args.health_timeout, "start_timeout": args.health_timeout}

@@ -19,9 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.bundle import Bundle
+from devices.daemon.config import merge
 from devices.errors import ConfigError
 from toolkit.deploy.profiles import PROFILES
-from toolkit.deploy.release import DeployOptions, HostResult, deploy_host, merge, read_config
+from toolkit.deploy.release import DeployOptions, HostResult, deploy_host, read_config
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def load_inventory(path: Path) -> Inventory:
         data = yaml.safe_load(Path(path).read_text()) or {}
         inventory = Inventory.model_validate(data)
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the inventory {path}: {exc}", "see the inventory example in docs/deploy.md") from exc
+        raise ConfigError(f"cannot read the inventory {path}: {exc}",
+                          "see the inventory example in docs/deploy.md") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -149,4 +151,5 @@ def render_table(results: Sequence[HostResult]) -> str:
         rows.append((r.host, r.result, r.release or "-", r.bundle or "-", f"{r.seconds:.1f} s",
                      r.detail.splitlines()[0][:90] if r.detail else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]])
+                     for row in rows)

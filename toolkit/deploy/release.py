@@ -8,7 +8,6 @@ at any step leaves the board running what it ran before.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from devices.bundle import MANIFEST_FILE, Bundle, file_sha256, hash_files
-from devices.daemon.config import DaemonConfig
+from devices.daemon.config import DaemonConfig, config_error, merge, read_yaml
 from devices.errors import ConfigError, EdgesightError
 from toolkit.deploy.profiles import Platform, Profile, get_profile
 from toolkit.deploy.ssh import Remote, RemoteError, SshError
@@ -100,26 +99,7 @@ class HostResult:
 
 def read_config(path: Path | None) -> dict[str, Any]:
     """The user's camera.yaml as a dict (an empty one without a file)."""
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the config {path}: {exc}", "pass a YAML file like docs/deploy.md shows") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} holds a {type(data).__name__}, not a mapping of settings", "see docs/deploy.md")
-    return data
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` laid over it; nested mappings are merged, everything else replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    return read_yaml(path) if path is not None else {}
 
 
 @dataclass(frozen=True)
@@ -162,10 +142,7 @@ def device_config(config: dict[str, Any], profile: Profile, options: DeployOptio
     try:
         parsed = DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{host}: config field {where!r} = {first.get('input')!r}: {first['msg']}",
-                          "fix the camera config or the host's overrides in the inventory") from exc
+        raise config_error(exc, f"the config for {host}") from None
     if parsed.http is None:
         raise ConfigError(f"{host}: the config turns the HTTP server off (http: null), but the deploy checks /healthz",
                           "keep an http section (it binds 127.0.0.1 by default)")
@@ -236,10 +213,10 @@ def _deploy(remote: Remote, bundle: Bundle, config: dict[str, Any], options: Dep
     bundle_sha = _digest(hash_files(bundle.path), file_sha256(bundle.path / MANIFEST_FILE))
     release_id = _digest(venv_key, bundle_sha, config, options.target, runtime.name, probe["cores"],
                          options.root, options.state_dir)[:12]
-    bundle_path = f"{options.root}/releases/{release_id}/bundle"
+    bundle_path = f"{options.root}/releases/{release_id}/{bundle.path.name}"
     dev = device_config(config, profile, options, bundle_path, probe["cores"], remote.host)
     unit = render_unit(UnitSpec(options.service, options.root, options.state_dir, dev.writable, options.user,
-                                profile, f"edgesight camera detector ({bundle.path.name})"))
+                                profile, "edgesight camera detector"))
     current = probe["current"]
     if current and current.get("id") == release_id and probe["healthy"]:
         return HostResult(remote.host, "unchanged", release_id, _bundle_label(current),
@@ -256,8 +233,8 @@ def _deploy(remote: Remote, bundle: Bundle, config: dict[str, Any], options: Dep
             "root": options.root, "service": options.service, "user": options.user, "groups": list(profile.groups),
             "state_dir": options.state_dir, "writable": list(dev.writable), "venv_key": venv_key,
             "project_wheel": wheel.name, "extras": list(runtime.extras), "requirements": list(runtime.requirements),
-            "wheels": wheels if house else "", "release_id": release_id, "unit": unit,
-            "unit_path": f"/etc/systemd/system/{options.service}.service", "health_url": dev.health_url,
+            "wheels": wheels if house else "", "release_id": release_id, "bundle_name": bundle.path.name, "unit": unit,
+            "health_url": dev.health_url,
             "health_timeout": options.health_timeout, "start_timeout": 120, "keep": options.keep,
             "release": {"id": release_id, "bundle": bundle.path.name, "bundle_sha256": bundle_sha,
                         "format": bundle.manifest.format, "runtime": runtime.name, "target": options.target,
@@ -272,10 +249,11 @@ def _deploy(remote: Remote, bundle: Bundle, config: dict[str, Any], options: Dep
         remote.push(stage, staging, rsync=probe["rsync"])
     answer = remote.agent("apply", "--root", options.root, "--service", options.service,
                           "--spec", f"{staging}/spec.json", root=True)
-    label = f"{bundle.path.name} ({bundle_sha[:12]})"
+    label = _bundle_label(answer.get("record"))
     if answer["result"] == "rolled_back":
         detail = f"new release failed its health check ({answer['reason']}); rolled back to {answer['release']}"
-        return HostResult(remote.host, "rolled_back", answer["release"], None, detail, journal=tuple(answer["journal"]))
+        return HostResult(remote.host, "rolled_back", answer["release"], label, detail,
+                          journal=tuple(answer["journal"]))
     if answer["result"] == "failed":
         return HostResult(remote.host, "failed", None, None,
                           f"the release failed its health check ({answer['reason']}) and there is no earlier one to "

@@ -96,7 +96,8 @@ class Remote:
                 log.info("%s", text)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
-            raise RemoteError(f"{self.host}: `{line}` failed ({proc.returncode}): {_tail(proc.stderr)}", _fix(proc.stderr))
+            raise RemoteError(f"{self.host}: `{line}` failed ({proc.returncode}): {_tail(proc.stderr)}",
+                              _fix(proc.stderr))
         answer = json.loads(lines[-1])
         if answer.get("result") == "error":
             raise RemoteError(f"{self.host}: {answer['error']}", "see the message; `edgesight deploy --logs` shows "
@@ -108,7 +109,8 @@ class Remote:
         self.run(f"mkdir -p {shlex.quote(remote)}")
         if rsync:
             shell = shlex.join(["ssh", *self.ssh_options()])
-            argv = ["rsync", "-a", *(["--delete"] if delete else []), "-e", shell, f"{local}/", f"{self.host}:{remote}/"]
+            argv = ["rsync", "-a", *(["--delete"] if delete else []), "-e", shell, f"{local}/",
+                    f"{self.host}:{remote}/"]
         else:
             argv = ["scp", "-q", "-r", "-p", *self.ssh_options(), *[str(p) for p in local.iterdir()],
                     f"{self.host}:{remote}/"]
@@ -129,8 +131,8 @@ def _tail(text: str, count: int = 6) -> str:
 
 def _fix(stderr: str) -> str:
     if "a password is required" in stderr or "sudo:" in stderr:
-        return "the login user needs passwordless sudo on the board (a line 'USER ALL=(ALL) NOPASSWD: ALL' in " \
-               "/etc/sudoers.d/), or log in as root"
+        return ("the login user needs passwordless sudo on the board (a line 'USER ALL=(ALL) NOPASSWD: ALL' in "
+                "/etc/sudoers.d/), or log in as root")
     if "python3: not found" in stderr or "python3: command not found" in stderr:
         return "install Python 3 on the board (sudo apt install python3 python3-venv)"
     return "see the message above"
