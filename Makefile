@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export EDGESIGHT_MIRROR := $(abspath $(MIRROR))
 
-.PHONY: install demo test lint tflite-runtime device-venv services test-bundles clean
+.PHONY: install demo test lint tflite-runtime device-venv services test-bundles rootfs wheelhouses clean
 
 $(BIN)/edgesight: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,7 +56,27 @@ $(TEST_BUNDLES)/.done: $(BIN)/edgesight
 	touch $@
 test-bundles: $(TEST_BUNDLES)/.done
 
-test: install tflite-runtime device-venv services test-bundles
+# Board stand-ins for the deploy proofs (tests/rootfs.py): a Debian arm64 root filesystem run under
+# qemu-aarch64 (binfmt_misc), and a Debian with systemd + sshd booted by systemd-nspawn. Built once from
+# Debian's packages (about 5 and 2.5 minutes cold), cached in ~/.cache/edgesight/rootfs by a hash of
+# what goes in; later runs reuse them in a second.
+rootfs: services install
+	$(BIN)/python -m tests.rootfs arm64 device
+
+# Wheelhouses of the device install: aarch64 for the Raspberry Pi (LiteRT, and tflite-runtime 2.14 with
+# numpy<2), x86_64 for the container boards. Downloaded from the package index here, so that the tests
+# install with --no-index, as an offline board does.
+WHEELHOUSES := runs/wheelhouse
+$(WHEELHOUSES)/rpi/wheelhouse.json: setup.cfg | $(BIN)/edgesight
+	$(BIN)/edgesight wheelhouse --target rpi --out $(@D)
+$(WHEELHOUSES)/rpi-tflite-runtime/wheelhouse.json: setup.cfg | $(BIN)/edgesight
+	$(BIN)/edgesight wheelhouse --target rpi --runtime tflite_runtime --out $(@D)
+$(WHEELHOUSES)/rpi-x86_64/wheelhouse.json: setup.cfg | $(BIN)/edgesight
+	$(BIN)/edgesight wheelhouse --target rpi --arch x86_64 --out $(@D)
+wheelhouses: $(WHEELHOUSES)/rpi/wheelhouse.json $(WHEELHOUSES)/rpi-tflite-runtime/wheelhouse.json \
+	$(WHEELHOUSES)/rpi-x86_64/wheelhouse.json
+
+test: install tflite-runtime device-venv services test-bundles rootfs wheelhouses
 	$(BIN)/pytest -q
 
 lint: install

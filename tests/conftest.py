@@ -11,6 +11,8 @@ MIRROR_REASON = "EDGESIGHT_MIRROR is not set (point it at ../shared to run tests
 REPO = Path(__file__).resolve().parents[1]
 #: Built by `make test-bundles` (tests/make_test_bundles.py); EDGESIGHT_TEST_BUNDLES overrides the folder.
 TEST_BUNDLES = Path(os.environ.get("EDGESIGHT_TEST_BUNDLES", REPO / "runs" / "test-bundles"))
+#: Wheelhouses of the device install (`make wheelhouses`): rpi and rpi-tflite-runtime (aarch64), rpi-x86_64.
+TEST_WHEELHOUSES = Path(os.environ.get("EDGESIGHT_TEST_WHEELHOUSES", REPO / "runs" / "wheelhouse"))
 #: The device install without torch (`make device-venv`); daemon tests run `edgesight` from it.
 DEVICE_VENV = REPO / ".venv-device"
 

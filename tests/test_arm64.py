@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from tests import rootfs
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_WHEELHOUSES
 from toolkit.deploy.wheelhouse import Wheelhouse, project_wheel
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ FRAME_INDICES = list(range(0, 795, 80))
 #: Largest box-corner difference allowed between arm64 and x86, in pixels of the 768x576 frame, and of scores.
 BOX_TOLERANCE_PX = 1.0
 SCORE_TOLERANCE = 0.01
-WHEELHOUSES = Path(os.environ.get("EDGESIGHT_TEST_WHEELHOUSES", REPO / "runs" / "wheelhouse"))
 TFLITE_VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
 #: Runtime -> (wheelhouse folder, venv in the rootfs).
 RUNTIMES = {"ai_edge_litert": ("rpi", "venv-litert"), "tflite_runtime": ("rpi-tflite-runtime", "venv-tflite")}
@@ -69,7 +68,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, test_bundles: Path, mirror: P
     np.savez(work / "frames.npz", frames=np.stack(frames), indices=np.array(FRAME_INDICES))
     shutil.copy(project_wheel(), work)
     for runtime, (house_name, _) in RUNTIMES.items():
-        folder = WHEELHOUSES / house_name
+        folder = TEST_WHEELHOUSES / house_name
         if not (folder / "wheelhouse.json").is_file():
             pytest.skip(f"wheelhouse {folder} missing: run `make wheelhouses`")
         house = Wheelhouse.load(folder)

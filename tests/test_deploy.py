@@ -21,8 +21,7 @@ import pytest
 import yaml
 
 from tests import rootfs
-from tests.conftest import REPO
-from tests.test_arm64 import WHEELHOUSES
+from tests.conftest import REPO, TEST_WHEELHOUSES
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def device_root() -> Path:
 
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
-    folder = WHEELHOUSES / "rpi-x86_64"
+    folder = TEST_WHEELHOUSES / "rpi-x86_64"
     if not (folder / "wheelhouse.json").is_file():
         pytest.skip(f"wheelhouse {folder} missing: run `make wheelhouses`")
     return folder
@@ -108,7 +107,8 @@ def test_wrong_key_host_or_wheelhouse_fails_clearly_and_installs_nothing(lab: di
     dead = edgesight(lab, "deploy", bundle, "--host", "dead", "--config", cfg, "--wheelhouse", str(wheelhouse))
     assert dead.returncode == 1 and "Connection refused" in dead.stderr
     # An aarch64 wheelhouse for this x86_64 board is refused before anything is copied.
-    arm = edgesight(lab, "deploy", bundle, "--host", "dev1", "--config", cfg, "--wheelhouse", str(WHEELHOUSES / "rpi"))
+    arm = edgesight(lab, "deploy", bundle, "--host", "dev1", "--config", cfg, "--wheelhouse",
+                    str(TEST_WHEELHOUSES / "rpi"))
     assert arm.returncode == 1 and "aarch64" in arm.stderr and "--arch x86_64" in arm.stderr
     left = on_board(lab, "dev1", "ls -d /opt/edgesight ~/.cache/edgesight-deploy /etc/systemd/system/edgesight.service")
     assert left.count("No such file or directory") == 3, left

@@ -132,3 +132,21 @@ def test_platform_tags_and_wheelhouse_checks(tmp_path: Path) -> None:
     house = Wheelhouse.load(tmp_path)
     with pytest.raises(WheelhouseError, match="x86_64"):
         house.check_fits(Platform("x86_64", "3.11", "2.36"))
+
+
+def test_jetson_tensorrt_gets_an_engine_cache_and_fallback_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """What can be checked without a Jetson: the options TensorRT is opened with, and the loud warning
+    when ONNX Runtime ends on another provider than asked (it falls back silently)."""
+    from devices.backends.onnxrt import TRT_CACHE_ENV, warn_on_fallback, with_provider_options
+
+    monkeypatch.setenv(TRT_CACHE_ENV, str(tmp_path / "trt"))
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    options = with_provider_options([trt, cuda, cpu])
+    assert options[0] == (trt, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path / "trt"),
+                                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(tmp_path / "trt")})
+    assert options[1:] == [cuda, cpu] and (tmp_path / "trt").is_dir()
+    assert "EDGESIGHT_TRT_CACHE=/var/lib/edgesight/trt-cache" in get_profile("jetson").environment
+    assert not warn_on_fallback([cpu], [cpu], [cpu])
+    assert warn_on_fallback([trt, cuda, cpu], [cpu], [trt, cuda, cpu])
+    assert "!!! ONNX Runtime runs on CPUExecutionProvider, not on TensorrtExecutionProvider" in caplog.text

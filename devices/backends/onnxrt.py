@@ -27,6 +27,45 @@ PREFERRED_PROVIDERS: tuple[str, ...] = (
     "CPUExecutionProvider",
 )
 
+#: Where TensorRT keeps the engines it builds at the first start (minutes on a Jetson), so that later
+#: starts load them in seconds. The systemd unit of the Jetson profile points it into the state folder.
+TRT_CACHE_ENV = "EDGESIGHT_TRT_CACHE"
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def with_provider_options(providers: Sequence[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers as ``InferenceSession`` takes them, TensorRT with its engine cache on disk."""
+    cache = Path(os.environ.get(TRT_CACHE_ENV) or Path.home() / ".cache" / "edgesight" / "trt-engines")
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for name in providers:
+        if name == "TensorrtExecutionProvider":
+            cache.mkdir(parents=True, exist_ok=True)
+            out.append((name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}))
+        else:
+            out.append(name)
+    return out
+
+
+def warn_on_fallback(chosen: Sequence[str], used: Sequence[str], available: Sequence[str]) -> bool:
+    """Warn loudly when the session does not run on the provider it was given first (ONNX Runtime falls
+    back silently when TensorRT or CUDA fail to initialise), or when a Jetson's onnxruntime has no GPU at all.
+
+    Returns:
+        True if it warned.
+    """
+    if chosen and used and used[0] != chosen[0]:
+        log.warning("!!! ONNX Runtime runs on %s, not on %s as asked: the GPU provider failed to start (see the "
+                    "lines above), so inference is much slower. Check the CUDA/TensorRT libraries of JetPack.",
+                    used[0], chosen[0])
+        return True
+    if Path("/etc/nv_tegra_release").exists() and not any(p in available for p in _GPU_PROVIDERS):
+        log.warning("!!! this is a Jetson, but this onnxruntime has neither TensorRT nor CUDA: inference runs on "
+                    "the CPU. Install NVIDIA's onnxruntime-gpu wheel for your JetPack (docs/deploy.md).")
+        return True
+    return False
+
+
 # ONNX element types the device pipeline can produce (devices.types.InputSpec.dtype).
 _ONNX_DTYPES = {
     "tensor(float)": np.dtype(np.float32),
@@ -92,7 +131,7 @@ class OnnxRuntimeBackend:
             options.inter_op_num_threads = 1
         providers = self._choose_providers(ort.get_available_providers())
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=providers)
+            session = ort.InferenceSession(str(self.path), options, providers=with_provider_options(providers))
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
             raise ModelFileError(
                 f"ONNX Runtime cannot load {self.path} ({self.path.stat().st_size} bytes): {exc}",
@@ -100,6 +139,7 @@ class OnnxRuntimeBackend:
                 "its sha256 with the manifest, or re-export it",
             ) from exc
         self._bind(session)
+        warn_on_fallback(providers, session.get_providers(), ort.get_available_providers())
         log.info(
             "opened %s on %s (input %s %s, threads=%s)",
             self.path,
