@@ -367,3 +367,12 @@ def test_frozen_stream_is_unhealthy_stops_the_watchdog_and_recovers(daemon, test
     assert "WATCHDOG=1" in notify.lines()
     code, _ = process.stop()
     assert code == 0
+
+
+def test_docs_config_reference_is_current(device_bin: Path) -> None:
+    generated = subprocess.run([str(device_bin / "edgesight"), "config", "schema", "--markdown"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "daemon.md").read_text()
+    section = doc.split("<!-- config-reference:start -->\n")[1].split("<!-- config-reference:end -->")[0]
+    assert section == generated, ("docs/daemon.md's config reference is stale: replace the lines between its "
+                                  "config-reference markers by `edgesight config schema --markdown`")

@@ -86,16 +86,7 @@ def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_b
     def broken(frame: Frame, detections: Detections | None, tracks: list) -> None:
         raise RuntimeError("observer bug")
 
-    daemon = Daemon(_config(test_bundles, clip))
-    original = daemon._make_loop
-
-    def make_loop(detector):
-        loop = original(detector)
-        loop.add_observer(record)
-        loop.add_observer(broken)
-        return loop
-
-    daemon._make_loop = make_loop
+    daemon = Daemon(_config(test_bundles, clip), observers=[record, broken])
     assert _run_in_thread(daemon) == ExitCode.OK
     assert [index for index, _ in seen] == list(range(60))
     assert sum(n for _, n in seen) > 60  # vtest is full of pedestrians

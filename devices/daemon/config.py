@@ -12,6 +12,8 @@ setting). Times are in seconds, boxes and zones in pixels of the camera frame un
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -172,7 +174,9 @@ class DaemonConfig(_Model):
     camera: str = Field("camera", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                         description="This camera's name, in events and MQTT topics.")
     bundle: Path = Field(description="Bundle folder written by `edgesight export`.")
-    runtime: Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"] = "auto"
+    runtime: Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"] = Field(
+        "auto", description="Runtime (auto: ONNX Runtime for .onnx bundles, LiteRT or tflite-runtime for .tflite)."
+    )
     threads: int | None = Field(None, ge=1, description="Runtime threads (None: every core).")
     detect_timeout: float = Field(10.0, gt=0, description="A detector call stuck longer is abandoned and reopened.")
     watch_bundle: bool = Field(
@@ -336,3 +340,80 @@ def _field_help(loc: tuple[Any, ...]) -> str:
     model = _model_at(loc[:-1])
     info = model.model_fields.get(str(loc[-1])) if model else None
     return (info.description or "") if info else ""
+
+
+def reference_markdown() -> str:
+    """Every field of ``DaemonConfig`` as Markdown tables, one per section (for docs/daemon.md)."""
+    lines: list[str] = []
+    _section_tables(DaemonConfig, "", lines)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _section_tables(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    nested: list[tuple[str, type[BaseModel]]] = []
+    title = prefix.rstrip(".") or "top level"
+    doc = _first_line(model.__doc__)
+    lines += [f"#### `{title}`" + (f": {doc}" if doc else ""), "", "| field | type | default | meaning |",
+              "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        sub, key = _nested_model(info.annotation)
+        if sub is not None:
+            nested.append((f"{prefix}{name}{key}.", sub))
+        default = "required" if info.is_required() else _default_text(info)
+        meaning = info.description or (_first_line(sub.__doc__) if sub else "")
+        lines.append(f"| `{prefix}{name}` | {_type_text(info.annotation)} | {default} | "
+                     f"{(meaning or '').replace('|', '/')} |")
+    lines.append("")
+    for sub_prefix, sub in nested:
+        _section_tables(sub, sub_prefix, lines)
+
+
+def _first_line(doc: str | None) -> str:
+    return next(iter((doc or "").strip().splitlines()), "")
+
+
+def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The model a field holds (directly, optionally, in a list or as dict values) and how its path reads."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    if origin is dict and args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+        return args[-1], ".<name>"
+    if origin is tuple and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], "[]"
+    for arg in args:
+        model, key = _nested_model(arg)
+        if model is not None:
+            return model, key
+    return None, ""
+
+
+def _default_text(info: Any) -> str:
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if isinstance(value, dict) and value and all(isinstance(v, BaseModel) for v in value.values()):
+        return ", ".join(f"`{k}`" for k in value)
+    if value is None:
+        return "`null`"
+    if value in ((), {}):
+        return "`[]`"
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " / ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in args)
+    if origin is tuple:
+        return f"list of {_type_text(args[0])}" if args and args[-1] is Ellipsis else "list"
+    if origin is dict:
+        return f"mapping of {_type_text(args[-1])}"
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    names = {int: "integer", float: "number", bool: "boolean", str: "text", Path: "path"}
+    return names.get(annotation, str(annotation))

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from devices.errors import DataError
 from devices.sources import Source, SourceEnded
 from devices.types import Detections, Frame
@@ -98,6 +100,27 @@ class RateMeter:
             self._times.popleft()
 
 
+class LatencyWindow:
+    """The last ``size`` latencies, for medians and p99 in /api/status and the benchmarks."""
+
+    def __init__(self, size: int = 2000) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._values.append(seconds)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """``{"n", "p50_ms", "p99_ms", "max_ms"}`` over the window (None when empty)."""
+        with self._lock:
+            values = np.asarray(self._values, np.float64) * 1000.0
+        if values.size == 0:
+            return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {"n": int(values.size), "p50_ms": round(float(np.percentile(values, 50)), 2),
+                "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+
+
 @dataclass
 class LoopCounters:
     """What the loop counted (read by /metrics and /api/status; written by the loop's threads)."""
@@ -154,6 +177,8 @@ class Loop:
         self.on_events = on_events
         self.counters = LoopCounters()
         self.detect_rate, self.process_rate = RateMeter(), RateMeter()
+        # Capture to the end of the events stage (every frame), and to events being durable (frames with events).
+        self.frame_latency, self.event_latency = LatencyWindow(), LatencyWindow()
         self.ended: SourceEnded | None = None
         self.failure: str | None = None  # set when the loop cannot go on (the service exits non-zero)
         self.last_frame: Frame | None = None
@@ -367,6 +392,7 @@ class Loop:
             self._publish(events, frame)
         self._last_frame_time = frame.time
         now = time.monotonic()
+        self.frame_latency.add(now - frame.mono)
         with self._lock:
             self.counters.processed += 1
             self.counters.last_processed_mono = now
@@ -378,6 +404,7 @@ class Loop:
     def _publish(self, events: list[Any], frame: Frame) -> None:
         if self.publisher is not None:
             self.publisher.submit(events)
+        self.event_latency.add(time.monotonic() - frame.mono)
         with self._lock:
             for event in events:
                 self.counters.events[(event.label, event.type)] += 1

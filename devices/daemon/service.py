@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ import numpy as np
 
 from devices.daemon.config import DaemonConfig
 from devices.daemon.http import HttpServer, Request, Response, bearer_token_ok
-from devices.daemon.loop import Detector, Loop
+from devices.daemon.loop import Detector, FrameObserver, Loop
 from devices.daemon.systemd import Notifier
 from devices.errors import ConfigError, EdgesightError, ModelFileError, require
 from devices.sources import Source
@@ -102,26 +102,31 @@ class Daemon:
     Args:
         cfg: The validated config.
         open_detector: Opens and verifies a bundle folder (default: ``BundleDetector``).
+        source: The frame source, not yet open (default: ``Source(cfg.source)``).
         gate: Motion gate (None: every frame goes to the detector).
         pipeline: Event pipeline (None: the loop stops at detections).
         publisher: Event publisher (None: no sinks).
+        observers: Frame observers (the live view, an MP4 writer): given each frame after the events stage.
     """
 
     def __init__(
         self,
         cfg: DaemonConfig,
         open_detector: DetectorFactory | None = None,
+        source: Source | None = None,
         gate: Any = None,
         pipeline: Any = None,
         publisher: Any = None,
+        observers: Sequence[FrameObserver] = (),
     ) -> None:
         self.cfg = cfg
+        self.observers = list(observers)
         self.open_detector = open_detector or bundle_detector_factory(cfg)
         self.gate, self.pipeline, self.publisher = gate, pipeline, publisher
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
         self.bundle: BundleInfo | None = None
-        self.source: Source | None = None
+        self.source: Source | None = source
         self.loop: Loop | None = None
         self.http: HttpServer | None = None
         self.metrics: Any = None
@@ -144,7 +149,7 @@ class Daemon:
         """
         detector = self._start_detector()
         try:
-            self.source = Source(self.cfg.source).open()
+            self.source = (self.source or Source(self.cfg.source)).open()
         except BaseException:
             detector.close()
             raise
@@ -179,6 +184,7 @@ class Daemon:
         self.metrics = self._make_metrics()
         return Loop(
             self.source, detector, gate=self.gate, pipeline=self.pipeline, publisher=self.publisher,
+            observers=self.observers,
             on_inference=self.metrics.observe_inference if self.metrics else None,
             on_events=self._on_events,
         )
@@ -424,6 +430,8 @@ class Daemon:
                 "last_detect_age_s": None if last is None else time.monotonic() - last,
             },
             "queues": loop.queue_depths(),
+            "latency": {"capture_to_processed": loop.frame_latency.summary(),
+                        "capture_to_event": loop.event_latency.summary()},
             "events": [{"label": label, "type": kind, "count": n}
                        for (label, kind), n in sorted(counters.events.items())],
             "reloads": dict(self.reloads),

@@ -111,8 +111,9 @@ def config_check(config_file: Path) -> None:
 
 
 @config.command("schema")
-def config_schema() -> None:
+@click.option("--markdown", is_flag=True, help="Print a reference table per section instead (docs/daemon.md).")
+def config_schema(markdown: bool) -> None:
     """Print the config's JSON schema (for editors: yaml-language-server, VS Code)."""
-    from devices.daemon.config import DaemonConfig
+    from devices.daemon.config import DaemonConfig, reference_markdown
 
-    click.echo(json.dumps(DaemonConfig.model_json_schema(), indent=2))
+    click.echo(reference_markdown() if markdown else json.dumps(DaemonConfig.model_json_schema(), indent=2))

@@ -1,0 +1,220 @@
+"""What the daemon costs over a bare detector loop: ``python benchmarks/daemon_overhead.py``.
+
+Runs in the torch-free device venv (``.venv-device/bin/python benchmarks/daemon_overhead.py``). The video is
+decoded once into memory; then, interleaved, in one run, for each thread count:
+
+* **bare**: ``for image in frames: detector(image)`` with ``BundleDetector``;
+* **daemon**: the whole daemon (capture thread, queues, detect thread, events stage, metrics) on the same
+  decoded frames, fed by a reader that hands them out from memory, the motion gate off.
+
+FPS is frames over the time from the first frame taken to the last one through the events stage. The target
+is daemon/bare >= 0.95. On a shared machine wall-clock FPS mostly measures the neighbours and the scheduler
+(a process whose threads wake often is scheduled more eagerly: on the 2-core EPYC shared with other jobs the
+daemon's wall FPS came out 1.5x the bare loop's), so the table also gives CPU seconds per frame, summed over
+every thread of the process (capture, detect, events, supervisor): ``bare CPU / daemon CPU`` is the FPS ratio
+on a dedicated core, and it charges the daemon for all its threads even where they would run in parallel.
+It also times every detector call in both: what the daemon adds to the detect thread's critical path is the
+gap between the end of one call and the start of the next (taking the frame, the gate, handing on the result),
+so ``call / (call + gap)`` (medians) is the FPS ratio the loop itself allows.
+
+Latency (capture to the end of the events stage, and to events being durable when the event pipeline runs)
+is reported twice: at full speed on the file (it includes the frames the capture thread reads ahead, up to
+``FILE_QUEUE``) and paced like a camera at the video's 10 fps (``realtime``).
+A last row runs ``edgesight run`` on the file itself (decoding included) as a user would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devices.daemon.config import DaemonConfig
+from devices.daemon.service import Daemon
+from devices.host import machine
+from devices.runner import BundleDetector
+from devices.sources import Source
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TimedDetector:
+    """A detector that records (start, end) of every call, to find what lies between two calls."""
+
+    def __init__(self, inner: BundleDetector) -> None:
+        self.inner, self.bundle, self.labels = inner, inner.bundle, inner.labels
+        self.calls: list[tuple[float, float]] = []
+
+    def __call__(self, image: np.ndarray):
+        start = time.perf_counter()
+        detections = self.inner(image)
+        self.calls.append((start, time.perf_counter()))
+        return detections
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def call_and_gap_ms(self) -> tuple[float, float]:
+        """Median call and median gap between calls, in ms (the first call, a warm-up, left out)."""
+        calls = self.calls[1:]
+        durations = [end - start for start, end in calls]
+        gaps = [b[0] - a[1] for a, b in itertools.pairwise(calls)]
+        return statistics.median(durations) * 1000, statistics.median(gaps) * 1000
+
+
+class MemoryReader:
+    """A ``devices.sources.readers.Reader`` over frames already decoded (the benchmark's camera)."""
+
+    def __init__(self, frames: list[np.ndarray], fps: float) -> None:
+        self.frames, self.fps, self.expected_frames = frames, fps, len(frames)
+        self._next = 0
+
+    def check(self) -> None:
+        pass
+
+    def open(self) -> None:
+        self._next = 0
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self._next >= len(self.frames):
+            return False, None
+        self._next += 1
+        return True, self.frames[self._next - 1]
+
+    def close(self) -> None:
+        pass
+
+
+def decode(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(video))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
+    frames = []
+    while limit is None or len(frames) < limit:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(image)
+    cap.release()
+    return frames, fps
+
+
+def bare_run(bundle: Path, threads: int, frames: list[np.ndarray]) -> dict:
+    with BundleDetector(bundle, threads=threads) as inner:
+        detector = TimedDetector(inner)
+        detector(frames[0])  # as the daemon's detector, opened and warm before the first frame
+        start, cpu = time.perf_counter(), time.process_time()
+        for image in frames:
+            detector(image)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    call, gap = detector.call_and_gap_ms()
+    return {"fps": len(frames) / wall, "cpu_ms": cpu / len(frames) * 1000, "call_ms": call, "gap_ms": gap}
+
+
+def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float, realtime: bool,
+               video: Path) -> dict:
+    cfg = DaemonConfig.model_validate({
+        "bundle": str(bundle), "threads": threads, "http": None, "watch_bundle": False,
+        "source": {"uri": str(video), "realtime": realtime}, "motion": {"enabled": False},
+    })
+    first: list[tuple[float, float]] = []  # (capture time of the first frame, process CPU seconds then)
+    last: list[tuple[float, float]] = [(0.0, 0.0)]
+
+    def observe(frame, detections, tracks) -> None:
+        if not first:
+            first.append((frame.mono, time.process_time()))
+        last[0] = (time.monotonic(), time.process_time())
+
+    source = Source(cfg.source, reader_factory=lambda: MemoryReader(frames, fps))
+    opened: list[TimedDetector] = []
+
+    def open_detector(path: Path) -> TimedDetector:
+        opened.append(TimedDetector(BundleDetector(path, threads=threads)))
+        return opened[-1]
+
+    daemon = Daemon(cfg, open_detector=open_detector, source=source, observers=[observe])
+    code = daemon.run()
+    assert code == 0, code
+    status = daemon.status()
+    done = daemon.loop.counters.processed
+    assert daemon.loop.counters.detected == done == len(frames) or realtime, daemon.loop.counters
+    call, gap = opened[0].call_and_gap_ms()
+    return {"fps": done / (last[0][0] - first[0][0]), "cpu_ms": (last[0][1] - first[0][1]) / (done - 1) * 1000,
+            "call_ms": call, "gap_ms": gap, "processed": done, "latency": status["latency"],
+            "dropped": status["source"]["dropped"]}
+
+
+def cli_fps(bundle: Path, threads: int, video: Path, tmp: Path) -> float:
+    """`edgesight run` on the file (decoding included), timed from its own log lines."""
+    config = tmp / f"run{threads}.yaml"
+    config.write_text(f"bundle: {bundle}\nthreads: {threads}\nsource: {{uri: {video}}}\nhttp: null\n"
+                      "motion: {enabled: false}\nwatch_bundle: false\n")
+    exe = Path(sys.executable).with_name("edgesight")
+    start = time.perf_counter()
+    out = subprocess.run([str(exe), "run", "--config", str(config)], capture_output=True, text=True, check=True)
+    total = time.perf_counter() - start
+    frames = int(out.stderr.split("end of file after ")[1].split()[0])
+    return frames / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "runs/test-bundles/yolox-nano-tflite-int8")
+    parser.add_argument("--video", type=Path,
+                        default=Path(os.environ.get("EDGESIGHT_MIRROR", REPO.parent / "shared")) / "videos/vtest.avi")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paced-frames", type=int, default=200, help="Frames of the camera-like (10 fps) run.")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    frames, fps = decode(args.video, None)
+    print(f"# daemon overhead: {args.bundle.name} on {args.video.name} ({len(frames)} frames "
+          f"{frames[0].shape[1]}x{frames[0].shape[0]}), motion gate off; {machine()}")
+    bare: dict[int, list[dict]] = {t: [] for t in threads}
+    full: dict[int, list[dict]] = {t: [] for t in threads}
+    for _ in range(args.rounds):  # interleaved, so that the neighbours' load hits both alike
+        for t in threads:
+            bare[t].append(bare_run(args.bundle, t, frames))
+            full[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video))
+    paced = {t: daemon_run(args.bundle, t, frames[: args.paced_frames], fps, True, args.video) for t in threads}
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"overhead-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    cli = {t: cli_fps(args.bundle, t, args.video, tmp) for t in threads}
+
+    print(f"\n{args.rounds} interleaved rounds; medians. CPU ms = process CPU seconds per frame, all threads.\n")
+    print("| threads | detector call ms, bare / daemon | gap between calls ms, bare / daemon | "
+          "**critical path: call / (call + gap)** | CPU ms/frame, bare / daemon | **bare CPU / daemon CPU** | "
+          "wall FPS, bare / daemon (ratio) | `edgesight run` on the file, decoding included, wall FPS |")
+    print("|---:|---|---|---:|---|---:|---|---:|")
+    for t in threads:
+        med = {k: (statistics.median(r[k] for r in bare[t]), statistics.median(r[k] for r in full[t]))
+               for k in ("call_ms", "gap_ms", "cpu_ms", "fps")}
+        call, gap = med["call_ms"][1], med["gap_ms"][1]
+        (bc, dc), (bf, df) = med["cpu_ms"], med["fps"]
+        print(f"| {t} | {med['call_ms'][0]:.2f} / {call:.2f} | {med['gap_ms'][0]:.3f} / {gap:.3f} | "
+              f"**{call / (call + gap):.3f}** | {bc:.2f} / {dc:.2f} | **{bc / dc:.3f}** | "
+              f"{bf:.1f} / {df:.1f} ({df / bf:.2f}) | {cli[t]:.1f} |")
+    print("\n| threads | run | frames | capture->processed p50 / p99 ms | capture->event p50 / p99 ms | "
+          "frames dropped |")
+    print("|---:|---|---:|---|---|---:|")
+    for t in threads:
+        rows = [("full speed (file, last round)", full[t][-1]), (f"camera-like, {fps:g} fps", paced[t])]
+        for name, run in rows:
+            lat = run["latency"]
+            proc, event = lat["capture_to_processed"], lat["capture_to_event"]
+            events = f"{event['p50_ms']} / {event['p99_ms']}" if event["n"] else "(no events)"
+            print(f"| {t} | {name} | {run['processed']} | {proc['p50_ms']} / {proc['p99_ms']} | {events} | "
+                  f"{run['dropped']} |")
+
+
+if __name__ == "__main__":
+    main()
