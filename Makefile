@@ -12,7 +12,7 @@ export EDGESIGHT_MIRROR := $(abspath $(MIRROR))
 $(BIN)/edgesight: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,export,dev]'
+	$(BIN)/pip install -q -e '.[train,export,dev,device]'
 	touch $@
 
 install: $(BIN)/edgesight

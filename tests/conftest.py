@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,69 @@ def device_bin() -> Path:
     if not (DEVICE_VENV / "bin" / "edgesight").is_file():
         pytest.skip(f"device venv missing at {DEVICE_VENV}: run `make device-venv`")
     return DEVICE_VENV / "bin"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Mosquitto:
+    """A real mosquitto broker (Debian package) on its own port, config and persistence folder.
+
+    ``stop()`` and ``start()`` again keep the port and the persisted sessions (a broker restart, as a user's
+    broker does): subscribers with ``clean_session=False`` get what was queued for them meanwhile.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} {self.host}\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {folder}/\nuser {getpass.getuser()}\n"
+            f"log_dest file {folder}/mosquitto.log\n"
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([_mosquitto_bin(), "-c", str(self.config)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()}") from None
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def _mosquitto_bin() -> str | None:
+    # Debian installs it in /usr/sbin, which is not on a normal user's PATH.
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A running mosquitto on a free port; stopped at the end of the test."""
+    if _mosquitto_bin() is None:
+        pytest.skip("mosquitto is not installed: run `make services` (Debian package mosquitto)")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

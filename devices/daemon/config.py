@@ -73,6 +73,9 @@ class MotionConfig(_Model):
     lighting_jump: float = Field(
         0.5, gt=0, le=1, description="A change over more than this share of the frame is a lighting jump, not motion."
     )
+    alpha: float = Field(
+        0.2, gt=0, le=1, description="How fast the background follows the scene (share of each new frame blended in)."
+    )
 
 
 class ClassRule(_Model):
@@ -105,6 +108,11 @@ class ZoneConfig(_Model):
     normalized: bool = Field(False, description="Points are fractions of the frame's width and height.")
     labels: tuple[str, ...] = Field((), description="Only these labels count in this zone (empty: all).")
 
+    @model_validator(mode="after")
+    def _normalized_range(self) -> ZoneConfig:
+        _check_normalized(f"zone '{self.name}'", self.points, self.normalized)
+        return self
+
 
 class LineConfig(_Model):
     """A counting line: objects whose bottom-centre crosses it are counted, in each direction."""
@@ -113,7 +121,31 @@ class LineConfig(_Model):
     a: tuple[float, float]
     b: tuple[float, float]
     normalized: bool = False
-    labels: tuple[str, ...] = Field(("pedestrian",), description="Labels that are counted.")
+    labels: tuple[str, ...] = Field(("pedestrian",), description="Labels that are counted (empty: all).")
+    margin: float = Field(
+        0.01,
+        ge=0,
+        lt=0.5,
+        description="Share of the frame height the bottom-centre must go past the line to count: someone standing "
+        "on the line is not counted again and again.",
+    )
+
+    @model_validator(mode="after")
+    def _proper_segment(self) -> LineConfig:
+        if self.a == self.b:
+            raise ValueError(f"line '{self.name}' has a == b == {list(self.a)}; give two different end points")
+        _check_normalized(f"line '{self.name}'", (self.a, self.b), self.normalized)
+        return self
+
+
+def _check_normalized(what: str, points: tuple[tuple[float, float], ...], normalized: bool) -> None:
+    if normalized:
+        outside = [list(p) for p in points if not (0 <= p[0] <= 1 and 0 <= p[1] <= 1)]
+        if outside:
+            raise ValueError(
+                f"{what} is normalized but has points {outside} outside [0, 1]; "
+                "give fractions of the frame size, or set normalized: false for pixels"
+            )
 
 
 class EventsConfig(_Model):
@@ -126,29 +158,55 @@ class EventsConfig(_Model):
     update_min_interval: float = Field(
         1.0, ge=0, description="Seconds between two 'update' events of one track (zone changes always go out)."
     )
+    snapshot_min_gain: float = Field(
+        0.05, ge=0, le=1, description="Score gain over the last snapshot that makes a better snapshot (an 'update')."
+    )
+    snapshot_quality: int = Field(85, ge=10, le=100, description="JPEG quality of snapshots.")
 
 
 class MqttConfig(_Model):
-    host: str
+    """An MQTT broker (Mosquitto, EMQX, Home Assistant's add-on): events, counts and availability."""
+
+    host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field(
-        "edgesight", description="Topics: <prefix>/<camera>/events, .../counts/<label>, .../status"
+        "edgesight",
+        pattern=r"^[^#+]+$",
+        description="Topics: <prefix>/<camera>/events, .../counts/<label>, .../availability",
     )
-    client_id: str | None = None
+    client_id: str | None = Field(None, description="None: edgesight-<camera>.")
     username: str | None = None
     password_file: Path | None = Field(None, description="File holding the password (never in the config itself).")
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[1, 2] = Field(1, description="Events need an acknowledgement to leave the spool, so at least 1.")
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
     keepalive: int = Field(30, ge=5)
-    tls: bool = False
+    tls: bool = Field(False, description="TLS with the system's CA certificates (port 8883 usually).")
+    max_inflight: int = Field(20, ge=1, description="Events sent and not yet acknowledged by the broker, at most.")
+    reconnect_max: int = Field(30, ge=1, description="Longest wait between reconnect attempts (from 1 s, doubling).")
 
 
 class WebhookConfig(_Model):
+    """An HTTP endpoint that gets one POST per event (JSON body)."""
+
     url: str = Field(pattern=r"^https?://")
     timeout: float = Field(5.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    backoff_initial: float = Field(1.0, gt=0, description="First wait before a failed POST is tried again.")
+    backoff_max: float = Field(60.0, gt=0, description="Longest wait between tries (doubling); tries never stop.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> WebhookConfig:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max}) is below backoff_initial ({self.backoff_initial}); "
+                "set backoff_max to at least backoff_initial"
+            )
+        return self
 
 
 class JsonlConfig(_Model):
+    """A local file with one event per line (JSON Lines), rotated by size."""
+
     path: Path
     max_mb: float = Field(50.0, gt=0, description="Rotate beyond this size.")
     backups: int = Field(5, ge=0, description="Rotated files kept.")

@@ -1,0 +1,204 @@
+"""MQTT with paho-mqtt 2.x (callback API version 2): events, retained counts, availability.
+
+Topics (``<prefix>/<camera>/...``):
+
+- ``events``: each event's JSON, QoS 1 (or 2), not retained. An event leaves the spool when the broker's
+  PUBACK arrives (paho's ``on_publish``). Delivery is at-least-once: an event whose PUBACK was lost in a
+  disconnect or a crash is sent again, so consumers de-duplicate by ``seq``.
+- ``counts/<label>``: objects of that label in view now, an integer, retained (Home Assistant sensors read
+  it as is). Published on change and on every (re)connect; state, not history, so not spooled.
+- ``availability``: ``online`` on connect, ``offline`` on a clean close; the broker publishes ``offline``
+  itself (the last will) when the daemon vanishes. Retained.
+
+At most ``max_inflight`` events are unacknowledged at once. While the broker is away nothing new is handed to
+paho (its own queue lives in memory); paho re-sends what was in flight when it reconnects, and the spool
+holds the rest, so a long outage costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from devices.daemon.config import MqttConfig
+from devices.daemon.sinks import Sink
+from devices.errors import ConfigError, require
+
+log = logging.getLogger(__name__)
+
+_COUNTS_QOS = 1
+_OFFLINE_WAIT = 1.0  # seconds a clean close waits for the broker to take 'offline'
+
+
+class MqttSink(Sink):
+    """Publishes spooled events to an MQTT broker.
+
+    Args:
+        cfg: The ``sinks.mqtt`` section.
+        camera: The camera's name (in the topics and the default client id).
+        labels: Labels whose counts are published (0 until seen), so a stale retained count is overwritten.
+    """
+
+    def __init__(self, cfg: MqttConfig, camera: str, labels: tuple[str, ...] = ()) -> None:
+        super().__init__(
+            "mqtt",
+            f"the MQTT broker {cfg.host}:{cfg.port}",
+            f"start the broker (systemctl start mosquitto) or correct sinks.mqtt.host/port ({cfg.host}:{cfg.port})",
+        )
+        mqtt = require("paho.mqtt.client", "device", "The MQTT sink")
+        self.cfg = cfg
+        base = f"{cfg.topic_prefix.rstrip('/')}/{camera}"
+        self.events_topic = f"{base}/events"
+        self.counts_topic = f"{base}/counts"
+        self.availability_topic = f"{base}/availability"
+        self._counts: dict[str, int] = dict.fromkeys(labels, 0)
+        self._counts_dirty = False
+        self._acks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._refused_logged = False
+
+        protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"edgesight-{camera}",
+            protocol=protocol,
+        )
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, _read_password(cfg.password_file))
+        if cfg.tls:
+            self.client.tls_set()
+        self.client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=cfg.reconnect_max)
+        self.client.max_inflight_messages_set(cfg.max_inflight)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+
+    def set_counts(self, counts: Mapping[str, int]) -> None:
+        changed = {label: n for label, n in counts.items() if self._counts.get(label) != n}
+        if changed:
+            # A new dict, swapped in whole: the sink's thread may be iterating over the old one.
+            self._counts = {**self._counts, **changed}
+            self._counts_dirty = True
+            self._wake.set()
+
+    # --- paho callbacks (paho's network thread: only record and wake the sink's thread) ----------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.connected = False
+            if not self._refused_logged:
+                log.error(
+                    "mqtt sink: %s refused the connection: %s. fix: check sinks.mqtt.username/password_file and "
+                    "the broker's ACL; events wait in the spool meanwhile",
+                    self.where, reason_code.getName(),
+                )
+                self._refused_logged = True
+            return
+        self._refused_logged = False
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self._counts_dirty = True
+        self._up()
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._down(_probe(self.cfg.host, self.cfg.port) if not self._down_since else "")
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self._deadline is None:  # not our own disconnect at close
+            self._down(f"connection lost: {reason_code.getName()}")
+        self.connected = False
+        self._wake.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.put((mid, reason_code))
+        self._wake.set()
+
+    # --- the sink's thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self.spool is not None
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+        inflight: dict[int, int] = {}  # paho message id -> seq
+        cursor = 0
+        while True:
+            self._take_acks(inflight)
+            if self.connected and self._counts_dirty:
+                self._publish_counts()
+            batch = []
+            if self.connected and len(inflight) < self.cfg.max_inflight:
+                batch = self.spool.pending(self.name, after=cursor, limit=self.cfg.max_inflight - len(inflight))
+                for record in batch:
+                    info = self.client.publish(self.events_topic, record.payload, qos=self.cfg.qos)
+                    inflight[info.mid] = record.seq
+                    cursor = record.seq
+            # Flushed (only asked while closing: it counts rows): nothing in flight and nothing left for us.
+            if self._stopping(flushed=self._deadline is not None and self.spool.depth_of(self.name) == 0):
+                break
+            if not batch:
+                self._wait(1.0)
+        self._disconnect()
+
+    def _take_acks(self, inflight: dict[int, int]) -> None:
+        """Acknowledge in the spool the events whose PUBACK (PUBCOMP for QoS 2) arrived."""
+        acked = []
+        while True:
+            try:
+                mid, reason_code = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            seq = inflight.pop(mid, None)
+            if seq is None:
+                continue  # a counts or availability message
+            if reason_code.is_failure:
+                # MQTT 5: the broker took the message and refused it (ACL, quota); sending again cannot help.
+                self.rejected += 1
+                log.error("mqtt sink: the broker refused event seq %d: %s", seq, reason_code.getName())
+            else:
+                self.sent += 1
+            acked.append(seq)
+        self.spool.ack(self.name, acked)
+
+    def _publish_counts(self) -> None:
+        self._counts_dirty = False
+        for label, n in self._counts.items():  # the current dict; set_counts swaps in a new one
+            self.client.publish(f"{self.counts_topic}/{label}", str(n), qos=_COUNTS_QOS, retain=True)
+
+    def _disconnect(self) -> None:
+        """Say 'offline' (a clean close is not a will case) and stop paho's thread."""
+        if self.connected:
+            info = self.client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(_OFFLINE_WAIT)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected = False
+
+
+def _probe(host: str, port: int) -> str:
+    """Why a connection fails, in the words of the OS (paho's on_connect_fail does not say)."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"cannot connect: {exc.strerror or exc}"
+    return "the connection failed (the port answers: is it an MQTT broker, and TLS as configured?)"
+
+
+def _read_password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"sinks.mqtt.password_file {path} cannot be read: {exc.strerror}",
+            "create the file with the broker password (chmod 600), or remove password_file",
+        ) from exc

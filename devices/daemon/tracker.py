@@ -1,0 +1,339 @@
+"""IoU tracking across frames: which detection in this frame is which object of the last ones.
+
+Per label, detections are matched greedily to live tracks by IoU (best pair first) against where each track
+should be now (its last box moved by its recent velocity) or where it was last seen, whichever overlaps
+more: at the 2-10 FPS of a Raspberry Pi a walking person moves a third of their width between frames.
+
+Detections and tracks left over are then paired by distance: a detection of about the same height whose
+centre is within one box height of where the track should be. That catches the second sighting of a fast
+object (no velocity yet) and objects that moved further than their width between two frames.
+
+A track becomes an *object* (the event ``new``) once the detector has matched it in ``min_hits`` frames and
+the median of its scores reaches its class's ``threshold``, which removes one-frame false positives that
+a single-frame ``min_score`` lets through (the rule Frigate users know). A track ends once it has not been
+seen for ``max_missing`` seconds *and* the detector has looked at least once meanwhile: on frames the
+motion gate skipped (detections None) time passes, but an object nobody looked for is not missing, so a
+still object survives the gate's ``max_idle`` pauses.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from devices.daemon.config import ClassRule, LineConfig, TrackerConfig, ZoneConfig
+from devices.daemon.zones import Line, Point, Zone, foot_point
+from devices.errors import ConfigError
+from devices.types import Detections, Frame
+
+log = logging.getLogger(__name__)
+
+# Scores kept per track for the median: enough to outvote a burst of bad frames, bounded for month-long tracks.
+_SCORE_HISTORY = 30
+# Weight of the newest velocity measurement; the rest is the previous estimate (smooths detector jitter).
+_VELOCITY_BLEND = 0.5
+
+
+@dataclass(frozen=True)
+class TrackView:
+    """A live track, for drawing and status.
+
+    Attributes:
+        id: The track's uid, the same as the ``id`` of its events.
+        label: Class name.
+        box: Last box seen, ``x1, y1, x2, y2`` pixels.
+        score: Score of the last detection.
+        confirmed: True once it is an object (its ``new`` event went out).
+        zones: Zones its bottom-centre was in when last seen.
+    """
+
+    id: str
+    label: str
+    box: tuple[float, float, float, float]
+    score: float
+    confirmed: bool
+    zones: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Track:
+    """One tracked object (internal, mutable; the tracker owns it).
+
+    Times ``*_mono`` are ``Frame.mono`` (durations), ``*_time`` are ``Frame.time`` (for events).
+    """
+
+    uid: str
+    label: str
+    box: np.ndarray
+    score: float
+    first_time: float
+    last_mono: float
+    last_time: float
+    last_index: int
+    scores: deque[float] = field(default_factory=lambda: deque(maxlen=_SCORE_HISTORY))
+    top_score: float = 0.0
+    hits: int = 0
+    confirmed: bool = False
+    missed: bool = False  # the detector looked since the last hit and did not see it
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # box centre, px per second
+    zones: tuple[str, ...] = ()
+    crossings: list[str] = field(default_factory=list)  # line directions not yet reported
+    line_anchor: Point | None = None  # last position clearly off the line
+
+    def predicted(self, mono: float) -> np.ndarray:
+        """The box moved by the track's velocity to time ``mono``."""
+        shift = self.velocity * (mono - self.last_mono)
+        return self.box + np.concatenate([shift, shift])
+
+    def median_score(self) -> float:
+        return float(np.median(self.scores)) if self.scores else 0.0
+
+    def view(self) -> TrackView:
+        box = tuple(round(float(v), 1) for v in self.box)
+        return TrackView(self.uid, self.label, box, round(self.score, 4), self.confirmed, self.zones)
+
+
+@dataclass(frozen=True)
+class TrackerStep:
+    """What one frame changed.
+
+    Attributes:
+        matched: Every track the detector matched on this frame (new and tentative ones too).
+        confirmed: Tracks that became objects on this frame.
+        seen: Objects (confirmed before this frame) that the detector matched on this frame.
+        ended: Objects whose track ended on this frame.
+        dropped: Tentative tracks that ended on this frame (never objects, so no event).
+    """
+
+    matched: list[Track]
+    confirmed: list[Track]
+    seen: list[Track]
+    ended: list[Track]
+    dropped: list[Track]
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), ``x1, y1, x2, y2``."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def closeness_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - centre distance / box height for every pair of ``a`` (N, 4) and ``b`` (M, 4); 0 when the centres
+    are further apart than the taller box's height or the heights differ by more than 2x."""
+    centre_a = (a[:, :2] + a[:, 2:]) / 2
+    centre_b = (b[:, :2] + b[:, 2:]) / 2
+    height_a = np.maximum(a[:, 3] - a[:, 1], 1e-6)[:, None]
+    height_b = np.maximum(b[:, 3] - b[:, 1], 1e-6)[None, :]
+    distance = np.linalg.norm(centre_a[:, None, :] - centre_b[None, :, :], axis=2)
+    closeness = 1 - distance / np.maximum(height_a, height_b)
+    similar = (height_a / height_b <= 2) & (height_b / height_a <= 2)
+    return np.where(similar, np.clip(closeness, 0, None), 0)
+
+
+def greedy_match(score: np.ndarray, min_score: float) -> list[tuple[int, int]]:
+    """Pairs (row, column) taken best score first, each row and column at most once, score >= ``min_score``."""
+    pairs: list[tuple[int, int]] = []
+    if score.size == 0:
+        return pairs
+    rows, cols = np.nonzero(score >= min_score)
+    order = np.argsort(-score[rows, cols], kind="stable")
+    used_rows: set[int] = set()
+    used_cols: set[int] = set()
+    for k in order:
+        r, c = int(rows[k]), int(cols[k])
+        if r not in used_rows and c not in used_cols:
+            pairs.append((r, c))
+            used_rows.add(r)
+            used_cols.add(c)
+    return pairs
+
+
+class Tracker:
+    """Tracks objects of the configured classes, with zones and a counting line.
+
+    Args:
+        cfg: The ``tracker`` section.
+        classes: Label -> rule; labels not listed are ignored.
+        labels: The model's class names, in class-id order.
+        zones: Zone polygons.
+        line: The counting line, or None.
+
+    Raises:
+        ConfigError: No configured class is among the model's labels.
+    """
+
+    def __init__(
+        self,
+        cfg: TrackerConfig,
+        classes: dict[str, ClassRule],
+        labels: Sequence[str],
+        zones: Sequence[ZoneConfig] = (),
+        line: LineConfig | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.labels = tuple(labels)
+        self.rules = {label: classes[label] for label in self.labels if label in classes}
+        if not self.rules:
+            raise ConfigError(
+                f"none of the classes {sorted(classes)} is a label of the model {list(self.labels)}",
+                f"name the model's labels under 'classes:', e.g. {self.labels[0] if self.labels else 'pedestrian'}",
+            )
+        unknown = sorted(set(classes) - set(self.labels))
+        if unknown:
+            log.warning("classes %s are not labels of the model %s; they are never detected", unknown, self.labels)
+        self._zone_cfgs = tuple(zones)
+        self._line_cfg = line
+        self._size: tuple[int, int] | None = None
+        self.zones: tuple[Zone, ...] = ()
+        self.line: Line | None = None
+        self._tracks: list[Track] = []
+
+    def update(self, frame: Frame, detections: Detections | None) -> TrackerStep:
+        """Match this frame's detections (None: the detector did not run) and age the tracks."""
+        self._set_frame_size(frame.image.shape[1], frame.image.shape[0])
+        matched = self._associate(frame, detections) if detections is not None else []
+        confirmed: list[Track] = []
+        seen: list[Track] = []
+        for track in matched:
+            if track.confirmed:
+                seen.append(track)
+            elif self._becomes_object(track):
+                track.confirmed = True
+                confirmed.append(track)
+        expired = self._expire(frame.mono)
+        ended = [t for t in expired if t.confirmed]
+        dropped = [t for t in expired if not t.confirmed]
+        return TrackerStep(matched, confirmed, seen, ended, dropped)
+
+    def finish(self) -> list[Track]:
+        """End every track (end of the source, shutdown): the objects among them."""
+        ended = [t for t in self._tracks if t.confirmed]
+        self._tracks = []
+        return ended
+
+    def tracks(self) -> list[TrackView]:
+        """Every live track, tentative ones too (``confirmed`` tells them apart)."""
+        return [t.view() for t in self._tracks]
+
+    def _set_frame_size(self, width: int, height: int) -> None:
+        if self._size == (width, height):
+            return
+        # Zones may be normalised; they are placed in pixels once the frame size is known (and again if the
+        # camera comes back at another size).
+        self._size = (width, height)
+        self.zones = tuple(Zone.from_config(z, self._size) for z in self._zone_cfgs)
+        self.line = Line.from_config(self._line_cfg, self._size) if self._line_cfg else None
+        self._line_margin = self._line_cfg.margin * height if self._line_cfg else 0.0
+
+    def _usable(self, detections: Detections) -> list[tuple[str, np.ndarray, float]]:
+        """The detections of tracked classes above their class's ``min_score`` and ``min_area``."""
+        usable = []
+        for box, score, class_id in zip(detections.boxes, detections.scores, detections.class_ids, strict=True):
+            label = self.labels[int(class_id)] if 0 <= int(class_id) < len(self.labels) else None
+            rule = self.rules.get(label) if label is not None else None
+            if rule is None or score < rule.min_score:
+                continue
+            if (box[2] - box[0]) * (box[3] - box[1]) < rule.min_area:
+                continue
+            usable.append((label, np.asarray(box, np.float32), float(score)))
+        return usable
+
+    def _associate(self, frame: Frame, detections: Detections) -> list[Track]:
+        """Match detections to tracks per label; start tentative tracks for the rest. Returns matched tracks."""
+        usable = self._usable(detections)
+        matched: list[Track] = []
+        for label in self.rules:
+            dets = [(box, score) for lab, box, score in usable if lab == label]
+            tracks = [t for t in self._tracks if t.label == label]
+            pairs = self._match(tracks, [box for box, _ in dets], frame.mono) if dets and tracks else []
+            for ti, di in pairs:
+                self._observe(tracks[ti], frame, *dets[di])
+                matched.append(tracks[ti])
+            matched_tracks = {ti for ti, _ in pairs}
+            for ti, track in enumerate(tracks):
+                if ti not in matched_tracks:
+                    track.missed = True
+            matched_dets = {di for _, di in pairs}
+            for di, (box, score) in enumerate(dets):
+                if di not in matched_dets:
+                    track = Track(
+                        uid=f"{frame.time:.6f}-{secrets.token_hex(3)}",
+                        label=label,
+                        box=box,
+                        score=score,
+                        first_time=frame.time,
+                        last_mono=frame.mono,
+                        last_time=frame.time,
+                        last_index=frame.index,
+                    )
+                    self._tracks.append(track)
+                    self._observe(track, frame, box, score)
+                    matched.append(track)
+        return matched
+
+    def _match(self, tracks: list[Track], boxes: list[np.ndarray], mono: float) -> list[tuple[int, int]]:
+        """(track, detection) pairs: by IoU first, then the leftovers by distance."""
+        detected = np.stack(boxes)
+        predicted = np.stack([t.predicted(mono) for t in tracks])
+        iou = np.maximum(iou_matrix(predicted, detected), iou_matrix(np.stack([t.box for t in tracks]), detected))
+        pairs = greedy_match(iou, self.cfg.iou)
+        rows = [r for r in range(len(tracks)) if r not in {p[0] for p in pairs}]
+        cols = [c for c in range(len(boxes)) if c not in {p[1] for p in pairs}]
+        if rows and cols:
+            near = closeness_matrix(predicted[rows], detected[cols])
+            pairs += [(rows[r], cols[c]) for r, c in greedy_match(near, 1e-6)]
+        return pairs
+
+    def _observe(self, track: Track, frame: Frame, box: np.ndarray, score: float) -> None:
+        """Record a detection of ``track`` on ``frame``: box, scores, velocity, zones and line crossings."""
+        dt = frame.mono - track.last_mono
+        if track.hits and dt > 0:
+            centre_shift = (box[:2] + box[2:] - track.box[:2] - track.box[2:]) / 2
+            track.velocity = (1 - _VELOCITY_BLEND) * track.velocity + _VELOCITY_BLEND * centre_shift / dt
+        track.box = box
+        track.score = score
+        track.scores.append(score)
+        track.top_score = max(track.top_score, score)
+        track.hits += 1
+        track.missed = False
+        track.last_mono, track.last_time, track.last_index = frame.mono, frame.time, frame.index
+        foot = foot_point(box)
+        track.zones = tuple(z.name for z in self.zones if z.contains(track.label, foot))
+        if self.line is not None and self.line.counts(track.label):
+            self._cross(track, foot, self.line)
+
+    def _cross(self, track: Track, foot: Point, line: Line) -> None:
+        """Count a crossing when the foot point is clearly on the other side of the line than before."""
+        distance = line.side(foot) / float(np.linalg.norm(line.b - line.a))
+        if abs(distance) <= self._line_margin:
+            return  # on the line or within its hysteresis band: neither a crossing nor a new anchor
+        if track.line_anchor is not None:
+            direction = line.crossing(track.line_anchor, foot)
+            if direction is not None:
+                track.crossings.append(direction)
+        track.line_anchor = foot
+
+    def _becomes_object(self, track: Track) -> bool:
+        rule = self.rules[track.label]
+        return track.hits >= self.cfg.min_hits and track.median_score() >= rule.threshold
+
+    def _expire(self, mono: float) -> list[Track]:
+        """Remove and return the tracks unseen for ``max_missing`` seconds that the detector has missed since."""
+        expired, live = [], []
+        for track in self._tracks:
+            gone = track.missed and mono - track.last_mono >= self.cfg.max_missing
+            (expired if gone else live).append(track)
+        self._tracks = live
+        return expired
