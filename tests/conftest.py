@@ -139,14 +139,6 @@ def clip(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- a real camera stream: Debian's ffmpeg serving MJPEG over HTTP ------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MjpegStream:
     """``ffmpeg -re ... -f mpjpeg -listen 1 http://127.0.0.1:PORT/cam.mjpg``: a live camera at the video's
     own rate, looping. One client at a time, as a cheap IP camera; ``kill`` and ``start`` again to restart

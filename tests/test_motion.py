@@ -118,3 +118,11 @@ def test_new_frame_size_restarts_the_background(vtest):
     smaller = cv2.resize(vtest[0], (384, 288))
     assert gate.check(frame(smaller, 5)) is True  # a camera that came back at another size: no comparison yet
     assert gate.check(frame(smaller, 6)) is False
+
+
+def test_min_interval_spaces_detector_runs_while_people_walk(vtest):
+    gate = MotionGate(MotionConfig(max_idle=1000, min_interval=0.25))
+    decisions = run_gate(gate, vtest)
+    runs = [i for i, run in enumerate(decisions) if run]
+    assert runs == list(range(0, len(vtest), 3))  # 0.3 s apart at 10 fps: the first frame 0.25 s after the last
+    assert gate.state == "motion"

@@ -70,6 +70,12 @@ class MotionConfig(_Model):
         0.002, gt=0, lt=1, description="Share of the frame's pixels that must change for motion."
     )
     max_idle: float = Field(5.0, gt=0, description="Run the detector at least this often, so still objects are seen.")
+    min_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between two detector runs at least, also while things move (0: no limit; 0.2 caps the "
+        "detector at 5 runs a second, like Frigate's detect fps).",
+    )
     lighting_jump: float = Field(
         0.5, gt=0, le=1, description="A change over more than this share of the frame is a lighting jump, not motion."
     )

@@ -10,6 +10,9 @@ sensor noise), turned grey and compared with a running-average background. Two t
   frame is taken for lighting too. Either way the background restarts from this frame.
 - still objects: a parked car or a person waiting does not move, so the detector still runs at least every
   ``max_idle`` seconds and the tracker keeps seeing them.
+
+``min_interval`` also spaces detector runs while things move (at most one per ``min_interval`` seconds),
+for cameras faster than the tracker needs.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class MotionGate:
             cv2.accumulateWeighted(grey, background, self.cfg.alpha)
             if self._changed >= self.cfg.min_area:
                 self.state = "motion"
+                if self._last_run is not None and frame.mono - self._last_run < self.cfg.min_interval:
+                    self._counts["skipped"] += 1  # moving, but the detector ran a moment ago
+                    return False
                 self._counts["motion"] += 1
                 return self._run(frame)
             self.state = "still"
