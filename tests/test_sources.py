@@ -344,3 +344,16 @@ def test_read_timeout_given_at_open_applies(mjpeg_stream) -> None:
         stats = source.stats()
     assert stats.state in ("reconnecting", "opening") and stats.stalls == 0
     assert lost_after < 4.0, f"the read returned only after {lost_after:.1f} s"
+
+
+def test_stream_down_at_start_is_waited_for(mjpeg_stream) -> None:
+    # A camera that boots after the daemon: no error, retries with backoff, frames once it is up.
+    from conftest import free_port
+
+    port = free_port()
+    with Source(SourceConfig(uri=f"http://127.0.0.1:{port}/cam.mjpg", open_timeout=2)) as source:
+        assert source.read(timeout=2.5) is None
+        assert source.stats().open_failures >= 1 and source.stats().state in ("reconnecting", "opening")
+        mjpeg_stream(port)
+        _first_frame_after(source, 0.0, 15)
+        assert source.stats().reconnects == 0  # a first connection is not a reconnect
