@@ -290,7 +290,7 @@ def test_run_imports_no_torch(test_bundles: Path, clip: Path, tmp_path: Path) ->
             "print('EXIT', rc, 'HEAVY', heavy)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True,
-                            timeout=120, env=env)
+                            timeout=120, env=env, cwd=tmp_path)
     assert "EXIT 0 HEAVY []" in result.stdout, (result.stdout, result.stderr[-3000:])
 
 

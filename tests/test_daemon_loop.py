@@ -23,9 +23,9 @@ from devices.types import Detections, Frame
 INT8 = "yolox-nano-tflite-int8"
 
 
-def _config(test_bundles: Path, clip: Path, **fields) -> DaemonConfig:
+def _config(test_bundles: Path, clip: Path, tmp: Path, **fields) -> DaemonConfig:
     return DaemonConfig.model_validate({"bundle": str(test_bundles / INT8), "source": {"uri": str(clip)},
-                                        "http": None, **fields})
+                                        "http": None, "events": {"snapshots": str(tmp / "snapshots")}, **fields})
 
 
 def _run_in_thread(daemon: Daemon, limit: float = 60) -> ExitCode:
@@ -54,8 +54,8 @@ class _HangsOnce:
         self.inner.close()
 
 
-def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Path) -> None:
-    cfg = _config(test_bundles, clip, detect_timeout=1.0)
+def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+    cfg = _config(test_bundles, clip, tmp_path, detect_timeout=1.0)
     opened, release = [], threading.Event()
     real = bundle_detector_factory(cfg)
 
@@ -76,7 +76,8 @@ def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Pa
     assert time.monotonic() - started < 30
 
 
-def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_bundles: Path, clip: Path) -> None:
+def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_bundles: Path, clip: Path,
+                                                                          tmp_path: Path) -> None:
     seen: list[tuple[int, int | None]] = []
 
     def record(frame: Frame, detections: Detections | None, tracks: list) -> None:
@@ -86,7 +87,7 @@ def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_b
     def broken(frame: Frame, detections: Detections | None, tracks: list) -> None:
         raise RuntimeError("observer bug")
 
-    daemon = Daemon(_config(test_bundles, clip), observers=[record, broken])
+    daemon = Daemon(_config(test_bundles, clip, tmp_path), observers=[record, broken])
     assert _run_in_thread(daemon) == ExitCode.OK
     assert [index for index, _ in seen] == list(range(60))
     assert sum(n for _, n in seen) > 60  # vtest is full of pedestrians

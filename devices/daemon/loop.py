@@ -65,7 +65,7 @@ class Pipeline(Protocol):
 
 
 class Publisher(Protocol):
-    def submit(self, events: list[Any]) -> None: ...
+    def submit(self, events: list[Any]) -> list[Any]: ...
 
 
 #: Given every frame after the events stage: the frame, its detections (None: the gate skipped the
@@ -153,6 +153,8 @@ class Loop:
         lossless_observers: Observers wait for a full queue instead of dropping (files, MP4 writers).
         on_inference: Called with (seconds, frame age in seconds) after each detector call (metrics).
         on_events: Called with (events, the frame they came from) once they are durable (metrics).
+        on_detector_change: Called from the events stage when results of another detector (a reload, a
+            reopen) start arriving, before the first of them is turned into events.
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class Loop:
         lossless_observers: bool | None = None,
         on_inference: Callable[[float, float], None] | None = None,
         on_events: Callable[[list[Any], Frame], None] | None = None,
+        on_detector_change: Callable[[Detector], None] | None = None,
     ) -> None:
         self.source = source
         self.gate = gate
@@ -175,6 +178,8 @@ class Loop:
         self.lossless_observers = (not source.realtime) if lossless_observers is None else lossless_observers
         self.on_inference = on_inference
         self.on_events = on_events
+        self.on_detector_change = on_detector_change
+        self._events_detector: Detector = detector  # whose results the events stage handles now
         self.counters = LoopCounters()
         self.detect_rate, self.process_rate = RateMeter(), RateMeter()
         # Capture to the end of the events stage (every frame), and to events being durable (frames with events).
@@ -296,7 +301,7 @@ class Loop:
                         break
                     continue
                 errors = 0
-                self._put_result(frame, detections)
+                self._put_result(frame, detections, detector)
         except Exception as exc:
             log.exception("the detect thread failed")
             self.failure = f"the detect thread failed: {exc}"
@@ -345,16 +350,17 @@ class Loop:
             self.on_inference(done - started, started - frame.mono)
         return detections, True
 
-    def _put_result(self, frame: Frame, detections: Detections | None) -> None:
+    def _put_result(self, frame: Frame, detections: Detections | None, detector: Detector) -> None:
+        item = (frame, detections, detector)
         while not self._stop.is_set():
             try:
-                self._events_q.put((frame, detections), timeout=0.1)
+                self._events_q.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
         # Stopping: the frame still goes through if there is room (it was captured and detected).
         try:
-            self._events_q.put_nowait((frame, detections))
+            self._events_q.put_nowait(item)
         except queue.Full:
             pass
 
@@ -377,7 +383,11 @@ class Loop:
                 item = self._events_q.get()
                 if item is _END:
                     break
-                frame, detections = item
+                frame, detections, detector = item
+                if detector is not self._events_detector:
+                    self._events_detector = detector
+                    if self.on_detector_change is not None:
+                        self.on_detector_change(detector)
                 self._process(frame, detections)
             self._finish_tracks()
         except Exception as exc:
@@ -403,7 +413,7 @@ class Loop:
 
     def _publish(self, events: list[Any], frame: Frame) -> None:
         if self.publisher is not None:
-            self.publisher.submit(events)
+            events = self.publisher.submit(events)
         self.event_latency.add(time.monotonic() - frame.mono)
         with self._lock:
             for event in events:

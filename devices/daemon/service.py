@@ -31,8 +31,11 @@ from typing import Any
 import numpy as np
 
 from devices.daemon.config import DaemonConfig
+from devices.daemon.events import EventPipeline
 from devices.daemon.http import HttpServer, Request, Response, bearer_token_ok
 from devices.daemon.loop import Detector, FrameObserver, Loop
+from devices.daemon.motion import MotionGate
+from devices.daemon.publisher import Publisher, build_publisher
 from devices.daemon.systemd import Notifier
 from devices.errors import ConfigError, EdgesightError, ModelFileError, require
 from devices.sources import Source
@@ -103,9 +106,6 @@ class Daemon:
         cfg: The validated config.
         open_detector: Opens and verifies a bundle folder (default: ``BundleDetector``).
         source: The frame source, not yet open (default: ``Source(cfg.source)``).
-        gate: Motion gate (None: every frame goes to the detector).
-        pipeline: Event pipeline (None: the loop stops at detections).
-        publisher: Event publisher (None: no sinks).
         observers: Frame observers (the live view, an MP4 writer): given each frame after the events stage.
     """
 
@@ -114,15 +114,15 @@ class Daemon:
         cfg: DaemonConfig,
         open_detector: DetectorFactory | None = None,
         source: Source | None = None,
-        gate: Any = None,
-        pipeline: Any = None,
-        publisher: Any = None,
         observers: Sequence[FrameObserver] = (),
     ) -> None:
         self.cfg = cfg
         self.observers = list(observers)
         self.open_detector = open_detector or bundle_detector_factory(cfg)
-        self.gate, self.pipeline, self.publisher = gate, pipeline, publisher
+        # Built in run() from the config: the motion gate (None when off), tracks and events, sinks.
+        self.gate: MotionGate | None = None
+        self.pipeline: EventPipeline | None = None
+        self.publisher: Publisher | None = None
         self.notifier = Notifier.from_env()
         self.started = time.monotonic()
         self.bundle: BundleInfo | None = None
@@ -149,14 +149,20 @@ class Daemon:
         """
         detector = self._start_detector()
         try:
+            self.publisher = build_publisher(self.cfg)
             self.source = (self.source or Source(self.cfg.source)).open()
         except BaseException:
             detector.close()
+            if self.publisher is not None:
+                self.publisher.close(timeout=0.5)
             raise
         try:
+            self.gate = MotionGate(self.cfg.motion) if self.cfg.motion.enabled else None
+            self.pipeline = EventPipeline(self.cfg, self.bundle.labels, self.bundle.name, self.bundle.sha256)
             self.loop = self._make_loop(detector)
             self._start_http()
             self._install_signals()
+            self.publisher.start()
             self.loop.start()
             self.notifier.ready(f"running {self.bundle.name} on {self.source.uri.display}")
             log.info("running %s on %s (camera %s)", self.bundle.name, self.source.uri.display, self.cfg.camera)
@@ -186,7 +192,7 @@ class Daemon:
             self.source, detector, gate=self.gate, pipeline=self.pipeline, publisher=self.publisher,
             observers=self.observers,
             on_inference=self.metrics.observe_inference if self.metrics else None,
-            on_events=self._on_events,
+            on_events=self._on_events, on_detector_change=self._on_detector_change,
         )
 
     def _make_metrics(self) -> Any:
@@ -196,6 +202,11 @@ class Daemon:
         from devices.daemon.metrics import DaemonMetrics
 
         return DaemonMetrics(self.status)
+
+    def _on_detector_change(self, detector: Detector) -> None:
+        # Events name the bundle whose detections made them: frames queued before a reload keep the old one.
+        info = BundleInfo.of(detector)
+        self.pipeline.bundle_name, self.pipeline.bundle_sha256 = info.name, info.sha256
 
     def _on_events(self, events: list[Any], frame: Frame) -> None:
         if self.metrics is not None:
@@ -435,7 +446,7 @@ class Daemon:
             "events": [{"label": label, "type": kind, "count": n}
                        for (label, kind), n in sorted(counters.events.items())],
             "reloads": dict(self.reloads),
-            "motion": self.gate.stats() if self.gate is not None else None,
+            "motion": self.gate.stats() if self.gate is not None else {"enabled": False},
             "tracks": self.pipeline.stats() if self.pipeline is not None else None,
             "publisher": self.publisher.stats() if self.publisher is not None else None,
         }
