@@ -9,7 +9,8 @@ train and validation by original photo (what ``edgesight train``, ``export`` and
 - ``sets``: the bundled datasets, where they come from, and the split;
 - ``userdata``: the user's own set (``train --data PATH``), read by its layout;
 - ``videos``: unlabelled video frames for the teacher to label;
-- ``report``: what a set holds (``edgesight data``).
+- ``report``: what a set holds (``edgesight data``);
+- ``clips``: the composed stop-sign clip the demo plays (pan and zoom over validation photos).
 """
 
 from toolkit.data.coco import read_coco, to_coco
