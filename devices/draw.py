@@ -37,7 +37,12 @@ def _text_colour(bg: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def draw_detections(
-    image_bgr: np.ndarray, detections: Detections, labels: Sequence[str], *, min_score: float = 0.3
+    image_bgr: np.ndarray,
+    detections: Detections,
+    labels: Sequence[str],
+    *,
+    min_score: float = 0.3,
+    texts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Return a copy of ``image_bgr`` with the detections at or above ``min_score`` drawn on it.
 
@@ -51,6 +56,7 @@ def draw_detections(
         detections: Boxes in the frame's pixels.
         labels: Class names; a class id outside them is shown as ``class N``.
         min_score: Detections below this score are not drawn.
+        texts: One label text per detection instead of ``"<class> <score>"`` (the live view adds track ids).
     """
     out = np.ascontiguousarray(image_bgr).copy()
     h, w = out.shape[:2]
@@ -62,7 +68,7 @@ def draw_detections(
     for i in shown:
         cls = int(detections.class_ids[i])
         name = labels[cls] if 0 <= cls < len(labels) else f"class {cls}"
-        text = f"{name} {float(detections.scores[i]):.2f}"
+        text = texts[i] if texts is not None else f"{name} {float(detections.scores[i]):.2f}"
         box = _clipped_box(detections.boxes[i], h, w)
         placed[i] = (text, _label_rect(text, box, style, h, w, [rect for _, rect in placed.values()]))
 

@@ -184,6 +184,7 @@ class Loop:
         self.detect_rate, self.process_rate = RateMeter(), RateMeter()
         # Capture to the end of the events stage (every frame), and to events being durable (frames with events).
         self.frame_latency, self.event_latency = LatencyWindow(), LatencyWindow()
+        self.detect_latency = LatencyWindow(200)  # one detector call: pre-processing, model, decoding
         self.ended: SourceEnded | None = None
         self.failure: str | None = None  # set when the loop cannot go on (the service exits non-zero)
         self.last_frame: Frame | None = None
@@ -346,6 +347,7 @@ class Loop:
             self.counters.detected += 1
             self.counters.last_detect_mono = done
         self.detect_rate.tick(done)
+        self.detect_latency.add(done - started)
         if self.on_inference is not None:
             self.on_inference(done - started, started - frame.mono)
         return detections, True

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -86,6 +86,17 @@ class BundleInfo:
 
 
 DetectorFactory = Callable[[Path], Detector]
+#: Given the events of a frame once they are durable, and that frame (on the loop's events thread: be quick).
+EventListener = Callable[[list[Any], Frame], None]
+
+
+class Extension(Protocol):
+    """Something that plugs into the daemon (the live page, the demo's recorder), never a second loop."""
+
+    def attach(self, daemon: Daemon) -> None:
+        """Called once the loop and the HTTP server exist, before either starts: add observers, routes and
+        event listeners here (``daemon.loop.add_observer``, ``daemon.http.route``, ``daemon.add_event_listener``).
+        """
 
 
 def bundle_detector_factory(cfg: DaemonConfig) -> DetectorFactory:
@@ -107,6 +118,7 @@ class Daemon:
         open_detector: Opens and verifies a bundle folder (default: ``BundleDetector``).
         source: The frame source, not yet open (default: ``Source(cfg.source)``).
         observers: Frame observers (the live view, an MP4 writer): given each frame after the events stage.
+        extensions: Attached before the daemon starts (see ``Extension``).
     """
 
     def __init__(
@@ -115,6 +127,7 @@ class Daemon:
         open_detector: DetectorFactory | None = None,
         source: Source | None = None,
         observers: Sequence[FrameObserver] = (),
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self.cfg = cfg
         self.observers = list(observers)
@@ -130,6 +143,10 @@ class Daemon:
         self.loop: Loop | None = None
         self.http: HttpServer | None = None
         self.metrics: Any = None
+        self.extensions = tuple(extensions)
+        #: Set once the loop and the HTTP server run (``http.url`` then holds the bound port).
+        self.ready = threading.Event()
+        self._event_listeners: list[EventListener] = []
         self.reloads = {"ok": 0, "refused": 0, "last": None}
         self._token = _read_token(cfg.http.token_file) if cfg.http and cfg.http.token_file else None
         self._stop = threading.Event()
@@ -160,10 +177,15 @@ class Daemon:
             self.gate = MotionGate(self.cfg.motion) if self.cfg.motion.enabled else None
             self.pipeline = EventPipeline(self.cfg, self.bundle.labels, self.bundle.name, self.bundle.sha256)
             self.loop = self._make_loop(detector)
-            self._start_http()
+            self.http = self._make_http()
+            for extension in self.extensions:
+                extension.attach(self)
+            if self.http is not None:
+                self.http.start()
             self._install_signals()
             self.publisher.start()
             self.loop.start()
+            self.ready.set()
             self.notifier.ready(f"running {self.bundle.name} on {self.source.uri.display}")
             log.info("running %s on %s (camera %s)", self.bundle.name, self.source.uri.display, self.cfg.camera)
             self._supervise()
@@ -177,6 +199,10 @@ class Daemon:
 
     def request_reload(self) -> None:
         self._reload_requested.set()
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call ``listener(events, frame)`` with every batch of events once they are durable."""
+        self._event_listeners.append(listener)
 
     def _start_detector(self) -> Detector:
         detector = self.open_detector(self.cfg.bundle)
@@ -211,6 +237,12 @@ class Daemon:
     def _on_events(self, events: list[Any], frame: Frame) -> None:
         if self.metrics is not None:
             self.metrics.observe_events(time.monotonic() - frame.mono)
+        for listener in self._event_listeners:
+            try:
+                listener(events, frame)
+            except Exception:
+                # A listener only shows events; the events themselves are already in the spool.
+                log.exception("event listener %r failed", listener)
 
     # --- supervision ---------------------------------------------------------------------------------------
 
@@ -363,15 +395,16 @@ class Daemon:
 
     # --- HTTP ----------------------------------------------------------------------------------------------
 
-    def _start_http(self) -> None:
+    def _make_http(self) -> HttpServer | None:
+        """The server with the daemon's routes, not yet listening (extensions add theirs first)."""
         if self.cfg.http is None:
-            return
-        self.http = HttpServer(self.cfg.http.host, self.cfg.http.port)
-        self.http.route("GET", "/metrics", self._metrics_page)
-        self.http.route("GET", "/healthz", self._healthz_page)
-        self.http.route("GET", "/api/status", lambda _: Response.json(self.status()))
-        self.http.route("POST", "/api/reload", self._reload_page)
-        self.http.start()
+            return None
+        http = HttpServer(self.cfg.http.host, self.cfg.http.port)
+        http.route("GET", "/metrics", self._metrics_page)
+        http.route("GET", "/healthz", self._healthz_page)
+        http.route("GET", "/api/status", lambda _: Response.json(self.status()))
+        http.route("POST", "/api/reload", self._reload_page)
+        return http
 
     def _metrics_page(self, _: Request) -> Response:
         body, content_type = self.metrics.exposition()
@@ -442,7 +475,8 @@ class Daemon:
             },
             "queues": loop.queue_depths(),
             "latency": {"capture_to_processed": loop.frame_latency.summary(),
-                        "capture_to_event": loop.event_latency.summary()},
+                        "capture_to_event": loop.event_latency.summary(),
+                        "detect": loop.detect_latency.summary()},
             "events": [{"label": label, "type": kind, "count": n}
                        for (label, kind), n in sorted(counters.events.items())],
             "reloads": dict(self.reloads),

@@ -50,6 +50,7 @@ class TrackView:
         score: Score of the last detection.
         confirmed: True once it is an object (its ``new`` event went out).
         zones: Zones its bottom-centre was in when last seen.
+        missed: The detector looked since the track was last seen and did not find it (the box is where it was).
     """
 
     id: str
@@ -58,6 +59,7 @@ class TrackView:
     score: float
     confirmed: bool
     zones: tuple[str, ...]
+    missed: bool = False
 
 
 @dataclass(eq=False)
@@ -95,7 +97,7 @@ class Track:
 
     def view(self) -> TrackView:
         box = tuple(round(float(v), 1) for v in self.box)
-        return TrackView(self.uid, self.label, box, round(self.score, 4), self.confirmed, self.zones)
+        return TrackView(self.uid, self.label, box, round(self.score, 4), self.confirmed, self.zones, self.missed)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def run(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
     from devices.daemon.config import load_config
     from devices.daemon.service import run_daemon
 
-    _daemon_logging()
+    daemon_logging()
     cfg = load_config(config_file, run_overrides(**flags))
     sys.exit(int(run_daemon(cfg)))
 
@@ -86,7 +86,7 @@ def parse_host_port(text: str, flag: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-def _daemon_logging() -> None:
+def daemon_logging() -> None:
     # A service logs what it does at INFO (the journal keeps it); -v/-vv on the group go further.
     root = logging.getLogger()
     if root.level > logging.INFO:
