@@ -10,7 +10,7 @@ import importlib
 from toolkit.cli.base import cli, main
 
 #: Modules that register commands on ``cli``, in the order ``edgesight --help`` lists them.
-COMMAND_MODULES = ("data", "train", "evaluate", "export", "daemon", "deploy")
+COMMAND_MODULES = ("data", "train", "evaluate", "export", "daemon", "deploy", "demo")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"toolkit.cli.{_name}")
