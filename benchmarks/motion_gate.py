@@ -45,10 +45,10 @@ T0 = 1_700_000_000.0
 # The grids --sweep replays: the sensitivity (each with the other fields at their defaults), then max_idle and
 # min_interval around the chosen sensitivity.
 SWEEPS = (
-    {"pixel_delta": (15, 25, 30, 40, 60), "min_area": (0.001, 0.002, 0.003, 0.005, 0.01), "alpha": (0.2,)},
-    {"alpha": (0.05, 0.1, 0.5)},
-    {"max_idle": (1.0, 2.0, 10.0)},
-    {"min_interval": (0.15, 0.2, 0.3, 0.5)},
+    {"pixel_delta": (15, 25, 30, 40, 60), "min_area": (0.001, 0.002, 0.003, 0.005, 0.01)},
+    {"alpha": (0.1, 0.5)},
+    {"max_idle": (2.0, 10.0)},
+    {"min_interval": (0.15, 0.3)},
 )
 
 

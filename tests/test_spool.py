@@ -147,3 +147,23 @@ def test_sigkill_mid_write_leaves_an_intact_spool(tmp_path):
     assert [json.loads(r.payload)["seq"] for r in rows] == seqs(rows)
     assert [json.loads(r.payload)["id"] for r in rows[:3]] == ["obj-0", "obj-1", "obj-2"]
     assert spool.next_seq == len(rows) + 1
+
+
+def test_a_second_process_on_the_same_spool_is_refused(tmp_path):
+    from devices.errors import ConfigError
+
+    path = tmp_path / "s.sqlite"
+    hold = "import sys, time\nfrom devices.daemon.spool import Spool\nSpool(sys.argv[1], ['mqtt'], 10)\n"
+    hold += "print('open', flush=True)\ntime.sleep(60)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(path)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(ConfigError, match=rf"in use by another edgesight process \(pid {holder.pid}\)"):
+            Spool(path, ["mqtt"], 10)
+    finally:
+        holder.kill()
+        holder.wait()
+    Spool(path, ["mqtt"], 10).close()  # free again once that process is gone

@@ -64,10 +64,13 @@ class MotionConfig(_Model):
     """The motion gate: the detector runs only when something moved (or every ``max_idle`` seconds)."""
 
     enabled: bool = True
-    width: int = Field(160, ge=16, description="Width of the small grey frame the difference is taken on.")
-    pixel_delta: int = Field(25, ge=1, le=255, description="Grey-level change that counts a pixel as changed.")
+    width: int = Field(
+        160, ge=16, description="About the width of the small grey frame the difference is taken on (the frame is "
+        "shrunk by a whole factor)."
+    )
+    pixel_delta: int = Field(30, ge=1, le=255, description="Grey-level change that counts a pixel as changed.")
     min_area: float = Field(
-        0.002, gt=0, lt=1, description="Share of the frame's pixels that must change for motion."
+        0.003, gt=0, lt=1, description="Share of the frame's pixels that must change for motion."
     )
     max_idle: float = Field(5.0, gt=0, description="Run the detector at least this often, so still objects are seen.")
     min_interval: float = Field(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -202,6 +203,8 @@ class EventPipeline:
         self._line: dict[str, Counter[str]] = {"in": Counter(), "out": Counter()}
         self._size = (1, 1)
         self._last_frame: Frame | None = None
+        # update/finish run on the loop's events thread; tracks/stats are also read by the HTTP server's.
+        self._lock = threading.Lock()
 
     def update(self, frame: Frame, detections: Detections | None) -> list[Event]:
         """Track one frame; ``detections`` None means the detector did not run on it (motion gate).
@@ -210,6 +213,10 @@ class EventPipeline:
             The events of this frame, in order: ``new`` (each followed by its line crossings), ``update``,
             ``end``.
         """
+        with self._lock:
+            return self._update(frame, detections)
+
+    def _update(self, frame: Frame, detections: Detections | None) -> list[Event]:
         self._size = (frame.image.shape[1], frame.image.shape[0])
         self._last_frame = frame
         step = self.tracker.update(frame, detections)
@@ -227,24 +234,27 @@ class EventPipeline:
 
     def finish(self, frame_time: float) -> list[Event]:
         """``end`` for every open object (end of the source, shutdown), stamped ``frame_time`` (unix seconds)."""
-        index = self._last_frame.index if self._last_frame is not None else -1
-        return [self._on_end(track, frame_time, index) for track in self.tracker.finish()]
+        with self._lock:
+            index = self._last_frame.index if self._last_frame is not None else -1
+            return [self._on_end(track, frame_time, index) for track in self.tracker.finish()]
 
     def tracks(self) -> list[TrackView]:
         """Live tracks (tentative ones too), for drawing."""
-        return self.tracker.tracks()
+        with self._lock:
+            return self.tracker.tracks()
 
     def stats(self) -> dict[str, Any]:
         """Objects now and since start per label, and line crossings per direction and label."""
         line = self.cfg.line
-        return {
-            "objects": dict(self._objects),
-            "objects_total": dict(self._total),
-            "tracks": len(self.tracker.tracks()),
-            "line": {"name": line.name, **{d: dict(c) for d, c in self._line.items()}} if line else None,
-            "snapshots_bytes": self.snapshots.total_bytes if self.snapshots else 0,
-            "snapshots_deleted": self.snapshots.deleted if self.snapshots else 0,
-        }
+        with self._lock:
+            return {
+                "objects": dict(self._objects),
+                "objects_total": dict(self._total),
+                "tracks": len(self.tracker.tracks()),
+                "line": {"name": line.name, **{d: dict(c) for d, c in self._line.items()}} if line else None,
+                "snapshots_bytes": self.snapshots.total_bytes if self.snapshots else 0,
+                "snapshots_deleted": self.snapshots.deleted if self.snapshots else 0,
+            }
 
     # --- transitions -------------------------------------------------------------------------------------
 

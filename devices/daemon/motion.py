@@ -1,8 +1,8 @@
 """The motion gate: run the detector only on frames where something moved.
 
 A fixed camera sees an empty scene most of the day; the detector is the whole cost of a frame, the gate
-costs well under a millisecond. The frame is shrunk to ``width`` pixels (area averaging, which also removes
-sensor noise), turned grey and compared with a running-average background. Two things keep it honest:
+costs about a millisecond. The frame is turned grey, shrunk to about ``width`` pixels (area averaging, which
+also removes sensor noise) and compared with a running-average background. Two things keep it honest:
 
 - lighting: a cloud, a street lamp or the camera's auto-exposure changes every pixel at once. The frame's
   brightness and contrast are matched to the background's (mean and standard deviation) before the
@@ -108,12 +108,18 @@ class MotionGate:
         return True
 
     def _small_grey(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        small_w = min(self.cfg.width, width)
-        small_h = max(1, round(height * small_w / width))
-        small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
-        if small.ndim == 3:
-            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        """The frame in grey, shrunk by a whole factor to about ``width`` pixels wide.
+
+        Grey first, then area averaging by a whole factor (OpenCV's fast path): 0.8 ms on a 768x576 frame
+        where area averaging to exactly 160 wide from colour took 4.6 ms (the same 2-core EPYC).
+        """
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+        height, width = grey.shape
+        k = max(1, round(width / self.cfg.width))
+        small = cv2.resize(
+            grey[: height - height % k, : width - width % k], (width // k, max(1, height // k)),
+            interpolation=cv2.INTER_AREA,
+        )
         return small.astype(np.float32)
 
     def _difference(self, grey: np.ndarray, background: np.ndarray) -> tuple[float, bool]:

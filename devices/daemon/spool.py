@@ -14,8 +14,10 @@ dropped is counted in the file (it survives restarts) and reported.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -56,7 +58,7 @@ class Spool:
         max_events: Most events kept; beyond it the oldest are dropped and counted.
 
     Raises:
-        ConfigError: The file cannot be opened or is not a spool.
+        ConfigError: The file cannot be opened, is not a spool, or another process uses it.
     """
 
     def __init__(self, path: str | Path, sinks: Sequence[str], max_events: int) -> None:
@@ -64,8 +66,8 @@ class Spool:
         self.max_events = max_events
         self._lock = threading.Lock()
         self._full_logged = False
+        self._owner = self._claim()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), one per call.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -83,6 +85,7 @@ class Spool:
                 for key in ("next_seq", "dropped")
             )
         except (sqlite3.Error, OSError) as exc:
+            os.close(self._owner)
             raise ConfigError(
                 f"the event spool {self.path} cannot be opened: {exc}",
                 "point events.spool at a writable file (a corrupt spool can be moved aside; its events are lost)",
@@ -207,6 +210,31 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            os.close(self._owner)  # releases the lock
+
+    def _claim(self) -> int:
+        """Lock ``<spool>.lock`` for this process: two daemons on one spool would send each other's events."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                f"the event spool {self.path} cannot be opened: {exc.strerror or exc}",
+                "point events.spool at a file in a writable folder",
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"the event spool {self.path} is in use by another edgesight process (pid {holder})",
+                "stop that daemon, or give this one its own events.spool (one spool per camera)",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
 
     def _register(self, sinks: Sequence[str]) -> dict[str, int]:
         """Give each sink its bit (kept across restarts), and release events of sinks no longer configured."""
