@@ -1,17 +1,17 @@
 """Run a bundle on saved frames and print the detections as JSON: the same script on x86 and on arm64.
 
-``python detect_frames.py BUNDLE FRAMES.npy RUNTIME [VIDEO]`` prints one JSON object: per frame the boxes,
-scores and class ids, the runtime and its version, the machine and the seconds per frame. With VIDEO it
-also decodes the frames' indices from the video on this machine, so that decoding is compared apart from
-inference. Standard library, numpy, OpenCV and the installed ``devices`` package only: it runs in the
-device install without the test suite.
+``python detect_frames.py BUNDLE FRAMES.npz RUNTIME [--threshold T] [--video VIDEO]`` prints one JSON object:
+per frame the boxes, scores and class ids, the runtime and its version, the machine and the seconds per
+frame. With --video it also decodes the frames' indices from the video on this machine, so that decoding
+is compared apart from inference. Needs only numpy, OpenCV and the installed ``devices`` package: it runs
+in the device install, without the test suite.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
-import sys
 import time
 
 import cv2
@@ -43,15 +43,21 @@ def decode(video: str, indices: list[int]) -> np.ndarray:
 
 
 def main() -> None:
-    bundle, frames_file, runtime = sys.argv[1:4]
-    saved = np.load(frames_file)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bundle")
+    parser.add_argument("frames")
+    parser.add_argument("runtime")
+    parser.add_argument("--threshold", type=float, help="score threshold (default: the bundle's)")
+    parser.add_argument("--video", help="also decode the frames from this video and detect on them")
+    args = parser.parse_args()
+    saved = np.load(args.frames)
     frames, indices = saved["frames"], saved["indices"].tolist()
-    with BundleDetector(bundle, threads=2, runtime=runtime) as detector:
+    with BundleDetector(args.bundle, threads=2, runtime=args.runtime, score_threshold=args.threshold) as detector:
         result, seconds = detections(detector, frames)
         answer = {"machine": platform.machine(), "runtime": detector.runtime, "numpy": np.__version__,
                   "opencv": cv2.__version__, "seconds_per_frame": seconds, "frames": result}
-        if len(sys.argv) > 4:
-            decoded = decode(sys.argv[4], indices)
+        if args.video:
+            decoded = decode(args.video, indices)
             answer["decode_max_abs_diff"] = int(np.abs(decoded.astype(np.int16) - frames.astype(np.int16)).max())
             answer["frames_own_decode"] = detections(detector, decoded)[0]
     print(json.dumps(answer))

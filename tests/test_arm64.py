@@ -164,3 +164,45 @@ def test_arm64_decodes_the_video_as_x86(arm64_root: Path, work: Path, arm64_venv
     arm = _detect_arm64(arm64_root, work, "ai_edge_litert", "cortex-a76", video=True)
     assert arm["decode_max_abs_diff"] <= 2, f"aarch64 decoding differs by {arm['decode_max_abs_diff']} grey levels"
     assert_same_detections(arm["frames_own_decode"], arm["frames"], "own decode")
+
+
+#: Frames of the clip `edgesight run` gets on arm64 (emulated seconds per frame make 60 too long).
+RUN_FRAMES = 20
+
+
+def _events(path: Path) -> list[tuple]:
+    """(type, label, frame index, box) of each event, in order: what must match across machines."""
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(e["type"], e["label"], e["frame_index"], e["box"]) for e in events]
+
+
+def test_edgesight_run_on_arm64_gives_the_x86_events(arm64_root: Path, work: Path, arm64_venvs: dict[str, float],
+                                                     mirror: Path) -> None:
+    """The daemon itself (`edgesight run`, as the service runs it) on a Pi 5 CPU: the same events as on x86."""
+    clip = work / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(mirror / "videos" / "vtest.avi"),
+                    "-frames:v", str(RUN_FRAMES), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    args = ["run", "--bundle", BUNDLE, "--source", "clip.mp4", "--jsonl", "events.jsonl", "--http", "127.0.0.1:0",
+            "--threads", "2", "--camera", "arm"]
+    (work / "run-arm").mkdir()
+    for name in (BUNDLE, "clip.mp4"):
+        (work / "run-arm" / name).symlink_to(f"../{name}")
+    started = time.monotonic()
+    proc = rootfs.chroot_run(arm64_root, ["sh", "-c", "cd /mnt/run-arm && /mnt/venv-litert/bin/edgesight "
+                                          + shlex.join(args)], work, env={"QEMU_CPU": "cortex-a76"})
+    arm_seconds = time.monotonic() - started
+    assert proc.returncode == 0, f"edgesight run failed on arm64 ({proc.returncode}): {proc.stderr[-3000:]}"
+    x86_dir = work / "run-x86"
+    x86_dir.mkdir()
+    for name in (BUNDLE, "clip.mp4"):
+        (x86_dir / name).symlink_to(work / name)
+    proc = subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=x86_dir, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    arm, x86 = _events(work / "run-arm" / "events.jsonl"), _events(x86_dir / "events.jsonl")
+    assert x86, "the clip should produce events"
+    assert [e[:3] for e in arm] == [e[:3] for e in x86]
+    worst = max(float(np.abs(np.array(a[3]) - np.array(b[3])).max()) for a, b in zip(arm, x86, strict=True))
+    assert worst <= BOX_TOLERANCE_PX, f"event boxes differ by up to {worst:.2f} px"
+    log.info("edgesight run on arm64 (cortex-a76): %d events equal to x86's (boxes within %.2f px); %d frames in "
+             "%.0f s emulated (functional only)", len(arm), worst, RUN_FRAMES, arm_seconds)

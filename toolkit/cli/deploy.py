@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def deploy(bundle: Path | None, hosts: tuple[str, ...], inventory: Path | None, 
 
     results = deploy_fleet(verified, planned, parallel=parallel, staged=staged, on_result=progress)
     if as_json:
-        click.echo(json.dumps([r.__dict__ for r in results], indent=2, default=list))
+        click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
     else:
         click.echo(render_table(results))
     sys.exit(0 if all(r.ok for r in results) else 1)

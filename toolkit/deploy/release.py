@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,7 @@ def deploy_host(host: str, bundle: Bundle, config: dict[str, Any], options: Depl
         result = HostResult(host, "unreachable", detail=str(exc))
     except EdgesightError as exc:
         result = HostResult(host, "error", detail=str(exc))
-    return HostResult(**{**result.__dict__, "seconds": time.monotonic() - started})
+    return replace(result, seconds=time.monotonic() - started)
 
 
 def _probe(remote: Remote, options: DeployOptions) -> dict:
@@ -200,65 +200,73 @@ def _deploy(remote: Remote, bundle: Bundle, config: dict[str, Any], options: Dep
     profile = get_profile(options.target)
     runtime = profile.runtime(options.runtime or config.get("runtime"))
     check_runtime_format(runtime, bundle.manifest.format)
+    # Nothing is copied before the board is known to fit: login, sudo, systemd, CPU and Python.
     probe = _probe(remote, options)
-    board = Platform(probe["arch"], probe["python"], profile.platform.glibc)
     house = Wheelhouse.load(options.wheelhouse) if options.wheelhouse else None
     if house:
-        house.check_fits(board)
-    wheel = project_wheel()
+        house.check_fits(Platform(probe["arch"], probe["python"], profile.platform.glibc))
+    spec = _plan(remote.host, bundle, config, options, probe, house)
+    current = probe["current"]
+    if current and current.get("id") == spec["release_id"] and probe["healthy"]:
+        return HostResult(remote.host, "unchanged", spec["release_id"], _bundle_label(current),
+                          f"already runs this bundle and config; healthy: {probe['health']}")
+    staging = f"{probe['home']}/{STAGING}/{spec['release_id']}"
+    if house and spec["venv_key"] not in probe["venvs"]:
+        # The deploy ships this workstation's own wheel; the wheelhouse brings the dependencies.
+        remote.push(house.folder, spec["wheels"], rsync=probe["rsync"], exclude=("edgesight-*.whl",))
+    with tempfile.TemporaryDirectory(prefix="edgesight-stage-") as tmp:
+        stage = Path(tmp)
+        shutil.copytree(bundle.path, stage / "bundle")
+        (stage / "camera.yaml").write_text(spec.pop("config_text"))
+        shutil.copy2(spec.pop("wheel_path"), stage / spec["project_wheel"])
+        (stage / "spec.json").write_text(json.dumps(spec, indent=2))
+        remote.push(stage, staging, rsync=probe["rsync"])
+    answer = remote.agent("apply", "--root", options.root, "--service", options.service,
+                          "--spec", f"{staging}/spec.json", root=True)
+    return _result(remote.host, answer)
 
+
+def _plan(host: str, bundle: Bundle, config: dict[str, Any], options: DeployOptions, probe: dict,
+          house: Wheelhouse | None) -> dict[str, Any]:
+    """The agent's spec: keys, the rendered config and unit, and where everything goes."""
+    profile = get_profile(options.target)
+    runtime = profile.runtime(options.runtime or config.get("runtime"))
+    wheel = project_wheel()
     # What this deploy installs, as keys: the same software, bundle and config give the same release.
-    venv_key = _digest(file_sha256(wheel), runtime.extras, runtime.requirements, board.python,
+    venv_key = _digest(file_sha256(wheel), runtime.extras, runtime.requirements, probe["python"],
                        house.dependencies if house else "index")[:16]
     bundle_sha = _digest(hash_files(bundle.path), file_sha256(bundle.path / MANIFEST_FILE))
     release_id = _digest(venv_key, bundle_sha, config, options.target, runtime.name, probe["cores"],
                          options.root, options.state_dir)[:12]
     bundle_path = f"{options.root}/releases/{release_id}/{bundle.path.name}"
-    dev = device_config(config, profile, options, bundle_path, probe["cores"], remote.host)
+    dev = device_config(config, profile, options, bundle_path, probe["cores"], host)
     unit = render_unit(UnitSpec(options.service, options.root, options.state_dir, dev.writable, options.user,
                                 profile, "edgesight camera detector"))
-    current = probe["current"]
-    if current and current.get("id") == release_id and probe["healthy"]:
-        return HostResult(remote.host, "unchanged", release_id, _bundle_label(current),
-                          f"already runs this bundle and config; healthy: {probe['health']}")
+    return {
+        "root": options.root, "service": options.service, "user": options.user, "groups": list(profile.groups),
+        "state_dir": options.state_dir, "writable": list(dev.writable), "venv_key": venv_key,
+        "project_wheel": wheel.name, "wheel_path": wheel, "extras": list(runtime.extras),
+        "requirements": list(runtime.requirements), "wheels": f"{probe['home']}/{STAGING}/wheels" if house else "",
+        "release_id": release_id, "bundle_name": bundle.path.name, "unit": unit, "config_text": dev.text,
+        "health_url": dev.health_url, "health_timeout": options.health_timeout, "start_timeout": 120,
+        "keep": options.keep,
+        "release": {"id": release_id, "bundle": bundle.path.name, "bundle_sha256": bundle_sha,
+                    "format": bundle.manifest.format, "runtime": runtime.name, "target": options.target,
+                    "venv": venv_key, "health_url": dev.health_url, "status_url": dev.status_url},
+    }
 
-    staging = f"{probe['home']}/{STAGING}/{release_id}"
-    wheels = f"{probe['home']}/{STAGING}/wheels"
-    with tempfile.TemporaryDirectory(prefix="edgesight-stage-") as tmp:
-        stage = Path(tmp)
-        shutil.copytree(bundle.path, stage / "bundle")
-        (stage / "camera.yaml").write_text(dev.text)
-        shutil.copy2(wheel, stage / wheel.name)
-        spec = {
-            "root": options.root, "service": options.service, "user": options.user, "groups": list(profile.groups),
-            "state_dir": options.state_dir, "writable": list(dev.writable), "venv_key": venv_key,
-            "project_wheel": wheel.name, "extras": list(runtime.extras), "requirements": list(runtime.requirements),
-            "wheels": wheels if house else "", "release_id": release_id, "bundle_name": bundle.path.name, "unit": unit,
-            "health_url": dev.health_url,
-            "health_timeout": options.health_timeout, "start_timeout": 120, "keep": options.keep,
-            "release": {"id": release_id, "bundle": bundle.path.name, "bundle_sha256": bundle_sha,
-                        "format": bundle.manifest.format, "runtime": runtime.name, "target": options.target,
-                        "venv": venv_key, "health_url": dev.health_url, "status_url": dev.status_url},
-        }
-        (stage / "spec.json").write_text(json.dumps(spec, indent=2))
-        if house and venv_key not in probe["venvs"]:
-            with tempfile.TemporaryDirectory(prefix="edgesight-wheels-") as wtmp:
-                for name in house.dependencies:
-                    (Path(wtmp) / name).hardlink_to(house.folder / name)
-                remote.push(Path(wtmp), wheels, rsync=probe["rsync"])
-        remote.push(stage, staging, rsync=probe["rsync"])
-    answer = remote.agent("apply", "--root", options.root, "--service", options.service,
-                          "--spec", f"{staging}/spec.json", root=True)
+
+def _result(host: str, answer: dict[str, Any]) -> HostResult:
+    """The agent's answer to ``apply`` as a row of the table."""
     label = _bundle_label(answer.get("record"))
+    journal = tuple(answer.get("journal", ()))
     if answer["result"] == "rolled_back":
         detail = f"new release failed its health check ({answer['reason']}); rolled back to {answer['release']}"
-        return HostResult(remote.host, "rolled_back", answer["release"], label, detail,
-                          journal=tuple(answer["journal"]))
+        return HostResult(host, "rolled_back", answer["release"], label, detail, journal=journal)
     if answer["result"] == "failed":
-        return HostResult(remote.host, "failed", None, None,
-                          f"the release failed its health check ({answer['reason']}) and there is no earlier one to "
-                          "go back to: the service is stopped", journal=tuple(answer["journal"]))
-    return HostResult(remote.host, answer["result"], answer["release"], label, f"healthy: {answer['health']}")
+        return HostResult(host, "failed", None, None, f"the release failed its health check ({answer['reason']}) "
+                          "and there is no earlier one to go back to: the service is stopped", journal=journal)
+    return HostResult(host, answer["result"], answer["release"], label, f"healthy: {answer['health']}")
 
 
 def host_command(host: str, command: str, options: DeployOptions, lines: int = 30) -> dict:

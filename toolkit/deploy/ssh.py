@@ -104,16 +104,23 @@ class Remote:
                                                                   "the service's journal")
         return answer
 
-    def push(self, local: Path, remote: str, rsync: bool = True, delete: bool = True) -> None:
-        """Copy the folder ``local`` to ``remote`` (a path on the board; relative = the login's home)."""
+    def push(self, local: Path, remote: str, rsync: bool = True, exclude: tuple[str, ...] = ()) -> None:
+        """Make the folder ``remote`` on the board a copy of ``local`` (rsync sends only what changed).
+
+        Args:
+            local: The folder to copy.
+            remote: Its path on the board (absolute, or relative to the login's home).
+            rsync: Use rsync; False copies everything with scp (a board without rsync).
+            exclude: File name patterns left out.
+        """
         self.run(f"mkdir -p {shlex.quote(remote)}")
         if rsync:
             shell = shlex.join(["ssh", *self.ssh_options()])
-            argv = ["rsync", "-a", *(["--delete"] if delete else []), "-e", shell, f"{local}/",
+            argv = ["rsync", "-a", "--delete", *(f"--exclude={p}" for p in exclude), "-e", shell, f"{local}/",
                     f"{self.host}:{remote}/"]
         else:
-            argv = ["scp", "-q", "-r", "-p", *self.ssh_options(), *[str(p) for p in local.iterdir()],
-                    f"{self.host}:{remote}/"]
+            files = [p for p in local.iterdir() if not any(p.match(pattern) for pattern in exclude)]
+            argv = ["scp", "-q", "-r", "-p", *self.ssh_options(), *map(str, files), f"{self.host}:{remote}/"]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SshError(f"copying {local} to {self.host}:{remote} failed: {_tail(proc.stderr)}",
