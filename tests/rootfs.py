@@ -136,14 +136,24 @@ def chroot_run(root: Path, argv: list[str], work: Path, timeout: float = 1800,
     """
     ensure_qemu_binfmt()
     clean = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
-    inner = " && ".join([
-        f"mount --bind {work} {root}/mnt",
-        f"mount -t proc proc {root}/proc",
-        f"mount --rbind /dev {root}/dev",
-        "exec " + shlex.join(["chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *argv]),
-    ])
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    with tempfile.TemporaryDirectory(prefix="edgesight-sys-") as sys_dir:
+        # XNNPACK's CPU detection (cpuinfo) reads the CPU lists from /sys: without them it gives up and the
+        # runtime uses TFLite's own kernels instead of XNNPACK's (other numbers than a Pi computes); with the
+        # host's /sys it reads x86 topology and crashes. So /sys holds just the lists; the CPU features come
+        # from the auxiliary vector, which qemu fills for the emulated CPU.
+        cpus = Path(sys_dir) / "devices" / "system" / "cpu"
+        cpus.mkdir(parents=True)
+        for name in ("possible", "present", "online"):
+            (cpus / name).write_text(f"0-{(os.cpu_count() or 1) - 1}\n")
+        inner = " && ".join([
+            f"mount --bind {work} {root}/mnt",
+            f"mount -t proc proc {root}/proc",
+            f"mount --bind {sys_dir} {root}/sys",
+            f"mount --rbind /dev {root}/dev",
+            "exec " + shlex.join(["chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *argv]),
+        ])
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", inner],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # --- the device host: systemd + sshd in a container ------------------------------------------------------

@@ -35,9 +35,16 @@ pytestmark = pytest.mark.slow
 BUNDLE = "yolox-nano-tflite-int8"
 #: Ten frames spread over the video's 795 (pedestrians enter, cross and leave).
 FRAME_INDICES = list(range(0, 795, 80))
-#: Largest box-corner difference allowed between arm64 and x86, in pixels of the 768x576 frame, and of scores.
-BOX_TOLERANCE_PX = 1.0
-SCORE_TOLERANCE = 0.01
+#: INT8 kernels differ by instruction set (XNNPACK requantizes with fixed-point rounding on ARM, in fp32 on
+#: x86), and the rounding differences add up over YOLOX-Nano's layers: measured here, a detection's score moves
+#: by up to 0.13 and its corners by up to 5 px between arm64 and x86. So the check is that the same objects
+#: are found: every detection scoring CONFIDENT or more on one side has one of the same class on the other,
+#: overlapping by MIN_IOU, its corners within BOX_TOLERANCE_PX (1 % of the 768 px frame) and its score
+#: within SCORE_TOLERANCE. Weaker detections, near the 0.25 deployment threshold, may appear on one side only.
+CONFIDENT = 0.35
+MIN_IOU = 0.75
+BOX_TOLERANCE_PX = 8.0
+SCORE_TOLERANCE = 0.15
 TFLITE_VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"
 #: Runtime -> (wheelhouse folder, venv in the rootfs).
 RUNTIMES = {"ai_edge_litert": ("rpi", "venv-litert"), "tflite_runtime": ("rpi-tflite-runtime", "venv-tflite")}
@@ -98,8 +105,10 @@ def arm64_venvs(work: Path, arm64_root: Path) -> dict[str, float]:
 
 def _detect_arm64(root: Path, work: Path, runtime: str, cpu: str, video: bool = False) -> dict:
     venv = RUNTIMES[runtime][1]
-    argv = [f"/mnt/{venv}/bin/python", "/mnt/detect_frames.py", f"/mnt/{BUNDLE}", "/mnt/frames.npz", runtime]
-    proc = rootfs.chroot_run(root, argv + (["/mnt/vtest.avi"] if video else []), work, env={"QEMU_CPU": cpu})
+    argv = [f"/mnt/{venv}/bin/python", "/mnt/detect_frames.py", f"/mnt/{BUNDLE}", "/mnt/frames.npz", runtime,
+            "--threshold", "0.01"]
+    proc = rootfs.chroot_run(root, argv + (["--video", "/mnt/vtest.avi"] if video else []), work,
+                             env={"QEMU_CPU": cpu})
     assert proc.returncode == 0, f"detection on arm64 ({runtime}, {cpu}) failed: {proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -109,27 +118,45 @@ def _detect_x86(work: Path, runtime: str) -> dict:
     if not python.is_file():
         pytest.skip(f"{python} missing: run `make tflite-runtime`")
     proc = subprocess.run([str(python), str(work / "detect_frames.py"), str(work / BUNDLE), str(work / "frames.npz"),
-                           runtime], capture_output=True, text=True, timeout=300, check=False,
+                           runtime, "--threshold", "0.01"], capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, f"x86 detection ({runtime}) failed: {proc.stderr[-2000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def assert_same_detections(arm: list[dict], x86: list[dict], what: str) -> tuple[float, float]:
-    """Same number of detections and classes per frame; boxes and scores within the tolerances."""
-    worst_box = worst_score = 0.0
-    for index, (a, b) in zip(FRAME_INDICES, zip(arm, x86, strict=True), strict=True):
-        assert len(a["class_ids"]) == len(b["class_ids"]), (
-            f"{what}: frame {index} has {len(a['class_ids'])} detections on arm64, {len(b['class_ids'])} on x86")
-        if not b["class_ids"]:
-            continue
-        # Match by order of score (both sides sort by score); equal classes, near-equal boxes.
-        assert a["class_ids"] == b["class_ids"], f"{what}: frame {index} classes differ"
-        worst_box = max(worst_box, float(np.abs(np.array(a["boxes"]) - np.array(b["boxes"])).max()))
-        worst_score = max(worst_score, float(np.abs(np.array(a["scores"]) - np.array(b["scores"])).max()))
-    assert worst_box <= BOX_TOLERANCE_PX, f"{what}: boxes differ by up to {worst_box:.3f} px"
-    assert worst_score <= SCORE_TOLERANCE, f"{what}: scores differ by up to {worst_score:.4f}"
-    return worst_box, worst_score
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lo, hi = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def assert_same_detections(arm: list[dict], x86: list[dict], what: str) -> dict[str, float]:
+    """Every confident detection of either side is found on the other (same class, overlapping, near-equal).
+
+    Returns:
+        The worst IoU, corner difference (px) and score difference over the matched pairs, and their count.
+    """
+    worst = {"iou": 1.0, "box_px": 0.0, "score": 0.0, "pairs": 0}
+    for index, frames in zip(FRAME_INDICES, zip(arm, x86, strict=True), strict=True):
+        for (mine, mine_name), (other, other_name) in ((frames, ("arm64", "x86")), (frames[::-1], ("x86", "arm64"))):
+            boxes = np.array(other["boxes"], np.float64).reshape(-1, 4)
+            for box, score, cls in zip(mine["boxes"], mine["scores"], mine["class_ids"], strict=True):
+                if score < CONFIDENT:
+                    continue
+                same = np.array(other["class_ids"]) == cls
+                overlap = np.where(same, _iou(np.array(box), boxes), 0.0) if len(boxes) else np.zeros(0)
+                assert len(overlap) and overlap.max() >= MIN_IOU, (
+                    f"{what}: frame {index}: {mine_name}'s class-{cls} box {box} ({score:.3f}) has no match on "
+                    f"{other_name} (best IoU {overlap.max() if len(overlap) else 0:.2f})")
+                k = int(overlap.argmax())
+                worst["iou"] = min(worst["iou"], float(overlap[k]))
+                worst["box_px"] = max(worst["box_px"], float(np.abs(boxes[k] - box).max()))
+                worst["score"] = max(worst["score"], abs(other["scores"][k] - score))
+                worst["pairs"] += 1
+    assert worst["box_px"] <= BOX_TOLERANCE_PX, f"{what}: boxes differ by up to {worst['box_px']:.2f} px"
+    assert worst["score"] <= SCORE_TOLERANCE, f"{what}: scores differ by up to {worst['score']:.3f}"
+    return worst
 
 
 def test_device_install_from_wheelhouse_alone(arm64_root: Path, work: Path, arm64_venvs: dict[str, float]) -> None:
@@ -152,28 +179,40 @@ def test_arm64_detections_equal_x86(arm64_root: Path, work: Path, arm64_venvs: d
     arm = _detect_arm64(arm64_root, work, runtime, cpu)
     x86 = _detect_x86(work, runtime)
     assert arm["machine"] == "aarch64" and arm["runtime"].split()[0] == runtime
-    assert sum(len(f["class_ids"]) for f in x86["frames"]) >= 10, "the frames should hold pedestrians"
-    box, score = assert_same_detections(arm["frames"], x86["frames"], f"{runtime} on {cpu}")
-    log.info("%s on %s: %d detections, largest box difference %.3f px, score %.5f; %.2f s per frame emulated "
-             "(functional only), x86 %.3f s", runtime, cpu, sum(len(f["class_ids"]) for f in arm["frames"]), box,
-             score, arm["seconds_per_frame"], x86["seconds_per_frame"])
+    worst = assert_same_detections(arm["frames"], x86["frames"], f"{runtime} on {cpu}")
+    assert worst["pairs"] >= 40, "the frames should hold pedestrians"
+    log.info("%s on %s: %d confident pairs, worst IoU %.3f, corners %.2f px, score %.3f; %.2f s per frame emulated "
+             "(functional only), x86 %.3f s", runtime, cpu, worst["pairs"], worst["iou"], worst["box_px"],
+             worst["score"], arm["seconds_per_frame"], x86["seconds_per_frame"])
 
 
 def test_arm64_decodes_the_video_as_x86(arm64_root: Path, work: Path, arm64_venvs: dict[str, float]) -> None:
     """OpenCV's aarch64 wheel decodes vtest.avi to the same pixels, so the whole path matches."""
     arm = _detect_arm64(arm64_root, work, "ai_edge_litert", "cortex-a76", video=True)
-    assert arm["decode_max_abs_diff"] <= 2, f"aarch64 decoding differs by {arm['decode_max_abs_diff']} grey levels"
-    assert_same_detections(arm["frames_own_decode"], arm["frames"], "own decode")
+    assert arm["decode_max_abs_diff"] == 0, f"aarch64 decoding differs by {arm['decode_max_abs_diff']} grey levels"
+    assert arm["frames_own_decode"] == arm["frames"]
 
 
 #: Frames of the clip `edgesight run` gets on arm64 (emulated seconds per frame make 60 too long).
 RUN_FRAMES = 20
 
 
-def _events(path: Path) -> list[tuple]:
-    """(type, label, frame index, box) of each event, in order: what must match across machines."""
+def _new_objects(path: Path) -> list[dict]:
+    """The 'new' events (an object confirmed by the tracker) of a JSONL file, schema checked."""
     events = [json.loads(line) for line in path.read_text().splitlines()]
-    return [(e["type"], e["label"], e["frame_index"], e["box"]) for e in events]
+    assert all(e["schema"] == "edgesight.event/1" for e in events)
+    return [e for e in events if e["type"] == "new"]
+
+
+def _assert_same_objects(mine: list[dict], other: list[dict], what: str) -> None:
+    """Each confident object of ``mine`` is confirmed on the other side too: same label, within 3 frames,
+    overlapping by half (tracks confirm a frame earlier or later when a score sits near a threshold)."""
+    for event in mine:
+        if event["score"] < CONFIDENT:
+            continue
+        near = [o for o in other if o["label"] == event["label"] and abs(o["frame_index"] - event["frame_index"]) <= 3]
+        best = max((float(_iou(np.array(event["box"]), np.array([o["box"]]))[0]) for o in near), default=0.0)
+        assert best >= 0.5, f"{what}: {event['label']} confirmed at frame {event['frame_index']} has no match"
 
 
 def test_edgesight_run_on_arm64_gives_the_x86_events(arm64_root: Path, work: Path, arm64_venvs: dict[str, float],
@@ -199,10 +238,9 @@ def test_edgesight_run_on_arm64_gives_the_x86_events(arm64_root: Path, work: Pat
     proc = subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=x86_dir, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    arm, x86 = _events(work / "run-arm" / "events.jsonl"), _events(x86_dir / "events.jsonl")
-    assert x86, "the clip should produce events"
-    assert [e[:3] for e in arm] == [e[:3] for e in x86]
-    worst = max(float(np.abs(np.array(a[3]) - np.array(b[3])).max()) for a, b in zip(arm, x86, strict=True))
-    assert worst <= BOX_TOLERANCE_PX, f"event boxes differ by up to {worst:.2f} px"
-    log.info("edgesight run on arm64 (cortex-a76): %d events equal to x86's (boxes within %.2f px); %d frames in "
-             "%.0f s emulated (functional only)", len(arm), worst, RUN_FRAMES, arm_seconds)
+    arm, x86 = _new_objects(work / "run-arm" / "events.jsonl"), _new_objects(x86_dir / "events.jsonl")
+    assert len(x86) >= 3, "the clip should confirm several pedestrians"
+    _assert_same_objects(arm, x86, "arm64 objects on x86")
+    _assert_same_objects(x86, arm, "x86 objects on arm64")
+    log.info("edgesight run on arm64 (cortex-a76): %d objects confirmed (x86: %d), each found on both; %d frames in "
+             "%.0f s emulated (functional only)", len(arm), len(x86), RUN_FRAMES, arm_seconds)
