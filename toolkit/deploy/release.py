@@ -236,7 +236,7 @@ def _plan(host: str, bundle: Bundle, config: dict[str, Any], options: DeployOpti
     venv_key = _digest(file_sha256(wheel), runtime.extras, runtime.requirements, probe["python"],
                        house.dependencies if house else "index")[:16]
     bundle_sha = _digest(hash_files(bundle.path), file_sha256(bundle.path / MANIFEST_FILE))
-    release_id = _digest(venv_key, bundle_sha, config, options.target, runtime.name, probe["cores"],
+    release_id = _digest(venv_key, bundle.path.name, bundle_sha, config, options.target, runtime.name, probe["cores"],
                          options.root, options.state_dir)[:12]
     bundle_path = f"{options.root}/releases/{release_id}/{bundle.path.name}"
     dev = device_config(config, profile, options, bundle_path, probe["cores"], host)
