@@ -138,8 +138,8 @@ def assert_same_detections(arm: list[dict], x86: list[dict], what: str) -> dict[
         The worst IoU, corner difference (px) and score difference over the matched pairs, and their count.
     """
     worst = {"iou": 1.0, "box_px": 0.0, "score": 0.0, "pairs": 0}
-    for index, frames in zip(FRAME_INDICES, zip(arm, x86, strict=True), strict=True):
-        for (mine, mine_name), (other, other_name) in ((frames, ("arm64", "x86")), (frames[::-1], ("x86", "arm64"))):
+    for index, (a, b) in zip(FRAME_INDICES, zip(arm, x86, strict=True), strict=True):
+        for mine, other, mine_name, other_name in ((a, b, "arm64", "x86"), (b, a, "x86", "arm64")):
             boxes = np.array(other["boxes"], np.float64).reshape(-1, 4)
             for box, score, cls in zip(mine["boxes"], mine["scores"], mine["class_ids"], strict=True):
                 if score < CONFIDENT:
