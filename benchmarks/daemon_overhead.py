@@ -4,8 +4,9 @@ Runs in the torch-free device venv (``.venv-device/bin/python benchmarks/daemon_
 decoded once into memory; then, interleaved, in one run, for each thread count:
 
 * **bare**: ``for image in frames: detector(image)`` with ``BundleDetector``;
-* **daemon**: the whole daemon (capture thread, queues, detect thread, events stage, metrics) on the same
-  decoded frames, fed by a reader that hands them out from memory, the motion gate off.
+* **daemon**: the whole daemon (capture thread, queues, detect thread, tracker, events with best snapshots,
+  the durable spool and a JSONL sink) on the same decoded frames, fed by a reader that hands them out from
+  memory, the motion gate off.
 
 FPS is frames over the time from the first frame taken to the last one through the events stage. The target
 is daemon/bare >= 0.95. On a shared machine wall-clock FPS mostly measures the neighbours and the scheduler
@@ -28,9 +29,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,9 +125,12 @@ def bare_run(bundle: Path, threads: int, frames: list[np.ndarray]) -> dict:
 
 def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float, realtime: bool,
                video: Path) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="overhead-"))
     cfg = DaemonConfig.model_validate({
         "bundle": str(bundle), "threads": threads, "http": None, "watch_bundle": False,
         "source": {"uri": str(video), "realtime": realtime}, "motion": {"enabled": False},
+        "events": {"spool": str(work / "spool.sqlite"), "snapshots": str(work / "snapshots")},
+        "sinks": {"jsonl": {"path": str(work / "events.jsonl")}},
     })
     first: list[tuple[float, float]] = []  # (capture time of the first frame, process CPU seconds then)
     last: list[tuple[float, float]] = [(0.0, 0.0)]
@@ -148,8 +154,10 @@ def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float,
     done = daemon.loop.counters.processed
     assert daemon.loop.counters.detected == done == len(frames) or realtime, daemon.loop.counters
     call, gap = opened[0].call_and_gap_ms()
+    events = sum(1 for _ in (work / "events.jsonl").open())
+    shutil.rmtree(work)
     return {"fps": done / (last[0][0] - first[0][0]), "cpu_ms": (last[0][1] - first[0][1]) / (done - 1) * 1000,
-            "call_ms": call, "gap_ms": gap, "processed": done, "latency": status["latency"],
+            "call_ms": call, "gap_ms": gap, "processed": done, "events": events, "latency": status["latency"],
             "dropped": status["source"]["dropped"]}
 
 
@@ -157,7 +165,8 @@ def cli_fps(bundle: Path, threads: int, video: Path, tmp: Path) -> float:
     """`edgesight run` on the file (decoding included), timed from its own log lines."""
     config = tmp / f"run{threads}.yaml"
     config.write_text(f"bundle: {bundle}\nthreads: {threads}\nsource: {{uri: {video}}}\nhttp: null\n"
-                      "motion: {enabled: false}\nwatch_bundle: false\n")
+                      f"motion: {{enabled: false}}\nwatch_bundle: false\nsinks: {{jsonl: {{path: {tmp}/e.jsonl}}}}\n"
+                      f"events: {{spool: {tmp}/spool.sqlite, snapshots: {tmp}/snapshots}}\n")
     exe = Path(sys.executable).with_name("edgesight")
     start = time.perf_counter()
     out = subprocess.run([str(exe), "run", "--config", str(config)], capture_output=True, text=True, check=True)
@@ -186,9 +195,9 @@ def main() -> None:
             bare[t].append(bare_run(args.bundle, t, frames))
             full[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video))
     paced = {t: daemon_run(args.bundle, t, frames[: args.paced_frames], fps, True, args.video) for t in threads}
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"overhead-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="overhead-cli-"))
     cli = {t: cli_fps(args.bundle, t, args.video, tmp) for t in threads}
+    shutil.rmtree(tmp)
 
     print(f"\n{args.rounds} interleaved rounds; medians. CPU ms = process CPU seconds per frame, all threads.\n")
     print("| threads | detector call ms, bare / daemon | gap between calls ms, bare / daemon | "
@@ -203,17 +212,17 @@ def main() -> None:
         print(f"| {t} | {med['call_ms'][0]:.2f} / {call:.2f} | {med['gap_ms'][0]:.3f} / {gap:.3f} | "
               f"**{call / (call + gap):.3f}** | {bc:.2f} / {dc:.2f} | **{bc / dc:.3f}** | "
               f"{bf:.1f} / {df:.1f} ({df / bf:.2f}) | {cli[t]:.1f} |")
-    print("\n| threads | run | frames | capture->processed p50 / p99 ms | capture->event p50 / p99 ms | "
-          "frames dropped |")
-    print("|---:|---|---:|---|---|---:|")
+    print("\n| threads | run | frames | events | capture->processed p50 / p99 ms | capture->event durable "
+          "p50 / p99 ms | frames dropped |")
+    print("|---:|---|---:|---:|---|---|---:|")
     for t in threads:
         rows = [("full speed (file, last round)", full[t][-1]), (f"camera-like, {fps:g} fps", paced[t])]
         for name, run in rows:
             lat = run["latency"]
             proc, event = lat["capture_to_processed"], lat["capture_to_event"]
             events = f"{event['p50_ms']} / {event['p99_ms']}" if event["n"] else "(no events)"
-            print(f"| {t} | {name} | {run['processed']} | {proc['p50_ms']} / {proc['p99_ms']} | {events} | "
-                  f"{run['dropped']} |")
+            print(f"| {t} | {name} | {run['processed']} | {run['events']} | {proc['p50_ms']} / {proc['p99_ms']} | "
+                  f"{events} | {run['dropped']} |")
 
 
 if __name__ == "__main__":
