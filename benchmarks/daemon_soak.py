@@ -132,6 +132,8 @@ def report(args: argparse.Namespace, samples: list[dict], final: dict, code: int
     print(f"| last / first | **{f1 / f0:.3f}** | **{c1 / c0:.3f}** |")
     print(f"\nresident memory: {warm:.1f} MB after {args.warmup} frames, {end:.1f} MB at the end "
           f"(**{end - warm:+.1f} MB**), peak after warm-up {peak:.1f} MB")
+    marks = [args.warmup] + [args.frames * k // 10 for k in range(1, 11)]
+    print("resident memory (MB) at " + ", ".join(f"{m}: {at(samples, m, 'rss'):.1f}" for m in marks))
     source, loop = final["source"], final["loop"]
     print(f"source: {source['frames']} frames read, {source['dropped']} dropped, {source['bad']} bad, "
           f"{source['stalls']} stalls; loop: {loop['detected']} detected, {loop['detector_stalls']} detector stalls; "

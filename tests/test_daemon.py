@@ -284,10 +284,13 @@ def test_run_imports_no_torch(test_bundles: Path, clip: Path, tmp_path: Path) ->
     # after a whole `edgesight run` there (the device venv has no torch at all and runs every other test).
     config = tmp_path / "c.yaml"
     config.write_text(f"bundle: {test_bundles / INT8}\nsource: {{uri: {clip}}}\nhttp: null\n")
-    code = ("import sys\nfrom toolkit.cli import main\nsys.argv = ['edgesight', 'run', '--config', sys.argv[1]]\n"
-            "try:\n    main()\nexcept SystemExit as exc:\n    rc = exc.code\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'PIL'))\n"
-            "print('EXIT', rc, 'HEAVY', heavy)\n")
+    # `run` ends with os._exit once everything is flushed: look at sys.modules right there.
+    code = ("import os, sys\nfrom toolkit.cli import main\nsys.argv = ['edgesight', 'run', '--config', sys.argv[1]]\n"
+            "real_exit = os._exit\n"
+            "def report(rc):\n"
+            "    heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'PIL'))\n"
+            "    print('EXIT', rc, 'HEAVY', heavy, flush=True)\n    real_exit(rc)\n"
+            "os._exit = report\nmain()\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True,
                             timeout=120, env=env, cwd=tmp_path)

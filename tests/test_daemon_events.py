@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -112,3 +113,24 @@ def test_sigterm_flushes_the_jsonl_sink(daemon, test_bundles: Path, clip: Path, 
     assert pending == 0 and [e["seq"] for e in events] == list(range(1, next_seq))
     open_ids = {e["id"] for e in events if e["type"] == "new"} - {e["id"] for e in events if e["type"] == "end"}
     assert not open_ids  # SIGTERM ended every open track and the sink got those ends
+
+
+def test_sigterm_with_sinks_down_or_hung_exits_in_time_and_keeps_the_backlog(daemon, test_bundles: Path,  # noqa: F811
+                                                                              clip: Path, tmp_path: Path,
+                                                                              mosquitto) -> None:
+    # A webhook that accepts the connection and never answers (each POST hangs for its 5 s timeout) and an
+    # MQTT broker that is down: SIGTERM must still end the process within 2 s, and nothing may be lost.
+    hung = socket.create_server(("127.0.0.1", 0))
+    mosquitto.stop()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"bundle: {test_bundles / INT8}\nsource: {{uri: {clip}, loop: true}}\nhttp: {{port: 0}}\n"
+                      f"sinks:\n  mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}\n"
+                      f"  webhook: {{url: 'http://127.0.0.1:{hung.getsockname()[1]}/hook', timeout: 5}}\n")
+    process = daemon("--config", config)
+    process.wait_http()
+    process.until(lambda s: s["publisher"]["spool_depth"] >= 5, 30, "events spooling")
+    code, elapsed = process.stop()
+    hung.close()
+    assert code == 0 and elapsed < 2.0, (code, elapsed, process.log[-3000:])
+    check, pending, next_seq = _spool_rows(tmp_path / "spool" / "events.sqlite")
+    assert check == "ok" and pending == next_seq - 1 >= 5  # every event still waits for its sinks
