@@ -63,17 +63,25 @@ class Mosquitto:
     """A real mosquitto broker (Debian package) on its own port, config and persistence folder.
 
     ``stop()`` and ``start()`` again keep the port and the persisted sessions (a broker restart, as a user's
-    broker does): subscribers with ``clean_session=False`` get what was queued for them meanwhile.
+    broker does): subscribers with ``clean_session=False`` get what was queued for them meanwhile. With
+    ``users`` ({name: password}) anonymous clients are refused.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if users:
+            passwords = folder / "passwords"
+            passwords.write_text("")
+            for name, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwords), name, password], check=True)
+            auth = f"allow_anonymous false\npassword_file {passwords}\n"
         self.config.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\n"
+            f"listener {self.port} {self.host}\n{auth}"
             f"persistence true\npersistence_location {folder}/\nuser {getpass.getuser()}\n"
             f"log_dest file {folder}/mosquitto.log\n"
         )

@@ -145,6 +145,9 @@ def test_mqtt_broker_outage_loses_nothing_and_keeps_order(tmp_path, mosquitto, s
             slowest = max(slowest, time.monotonic() - start)
             time.sleep(0.05)  # 1.5 s of outage, during which paho retries
         assert publisher.stats()["spool_depth"] >= 30
+        # The backlog is on disk: paho's in-memory queue holds no more than the in-flight window (+ the
+        # availability and counts messages), however long the outage.
+        assert len(publisher.sinks[0].client._out_messages) <= 20 + 3
         mosquitto.start()
         wait_until(lambda: len(subscriber.seqs()) == 50, what="all 50 events after the restart")
     assert slowest < 1.0, f"submit blocked for {slowest:.2f} s while the broker was down"
@@ -374,3 +377,43 @@ def test_each_sink_acknowledges_separately(tmp_path, mosquitto, subscriber):
     assert len(subscriber.seqs()) == 8 and len(path.read_text().splitlines()) == 8  # not sent twice
     publisher.close(timeout=1)
     endpoint.close()
+
+
+def test_mqtt_credentials_from_a_password_file(tmp_path, caplog):
+    from tests.conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path / "auth-broker", users={"camera": "s3cret-pass"})
+    broker.start()
+    try:
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-it\n")
+        with caplog.at_level(logging.ERROR, logger="devices.daemon.sinks"):
+            publisher = build_publisher(make_config(
+                tmp_path, mqtt=mqtt_sink(broker, username="camera", password_file=str(wrong)))).start()
+            publisher.submit(make_events(3))
+            wait_until(lambda: any("refused the connection" in r.getMessage() for r in caplog.records),
+                       what="the refusal")
+            time.sleep(2.5)  # paho retries meanwhile
+            publisher.close(timeout=0.5)
+        refused = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+        assert len(refused) == 1 and "password_file" in refused[0]  # once, with the fix
+        assert publisher.stats()["spool_depth"] == 3  # kept for when the credentials are right
+
+        right = tmp_path / "right"
+        right.write_text("s3cret-pass\n")
+        publisher = build_publisher(make_config(
+            tmp_path, mqtt=mqtt_sink(broker, username="camera", password_file=str(right)))).start()
+        wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="the backlog sent")
+        assert publisher.stats()["sinks"]["mqtt"]["sent"] == 3
+        publisher.close(timeout=1)
+    finally:
+        broker.stop()
+
+
+def test_missing_password_file_is_a_clear_error(tmp_path, mosquitto):
+    from devices.errors import ConfigError
+
+    cfg = make_config(tmp_path, mqtt=mqtt_sink(mosquitto, username="u", password_file=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="password_file") as error:
+        build_publisher(cfg)
+    assert "chmod 600" in error.value.fix

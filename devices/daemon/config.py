@@ -191,7 +191,7 @@ class MqttConfig(_Model):
     keepalive: int = Field(30, ge=5)
     tls: bool = Field(False, description="TLS with the system's CA certificates (port 8883 usually).")
     max_inflight: int = Field(20, ge=1, description="Events sent and not yet acknowledged by the broker, at most.")
-    reconnect_max: int = Field(30, ge=1, description="Longest wait between reconnect attempts (from 1 s, doubling).")
+    reconnect_max: int = Field(10, ge=1, description="Longest wait between reconnect attempts (from 1 s, doubling).")
 
 
 class WebhookConfig(_Model):
