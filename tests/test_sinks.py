@@ -274,10 +274,10 @@ def test_full_spool_while_the_broker_is_away_counts_drops(tmp_path, mosquitto, c
 
 
 class Endpoint:
-    """A real HTTP server that answers the first ``fail_first`` POSTs with 503, and 400 to event ids in
-    ``refuse``."""
+    """A real HTTP server that answers the first ``fail_first`` POSTs with 503 (or, with ``torn``, with a 200
+    whose body is cut short by a hang-up), and 400 to event ids in ``refuse``."""
 
-    def __init__(self, fail_first: int = 0, refuse: tuple[str, ...] = ()) -> None:
+    def __init__(self, fail_first: int = 0, refuse: tuple[str, ...] = (), torn: bool = False) -> None:
         self.bodies: list[dict] = []
         self.attempts = 0
         endpoint = self
@@ -286,6 +286,13 @@ class Endpoint:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.attempts += 1
+                if endpoint.attempts <= fail_first and torn:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    self.wfile.write(b"{")
+                    self.close_connection = True
+                    return
                 if endpoint.attempts <= fail_first:
                     status = 503
                 elif body["id"] in refuse:
@@ -323,6 +330,18 @@ def test_webhook_retries_with_backoff_then_delivers_in_order(tmp_path, caplog):
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
     assert any("refused event seq 7 with HTTP 400" in r.getMessage() for r in caplog.records)
     publisher.close(timeout=2)
+    endpoint.close()
+
+
+def test_webhook_answer_cut_short_is_retried(tmp_path):
+    endpoint = Endpoint(fail_first=2, torn=True)
+    webhook = {"url": endpoint.url, "backoff_initial": 0.05, "backoff_max": 0.1}
+    publisher = build_publisher(make_config(tmp_path, webhook=webhook)).start()
+    publisher.submit(make_events(4))
+    wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="empty spool")
+    assert [b["seq"] for b in endpoint.bodies] == [1, 2, 3, 4]
+    assert publisher.stats()["sinks"]["webhook"]["failed"] == 2
+    publisher.close(timeout=1)
     endpoint.close()
 
 

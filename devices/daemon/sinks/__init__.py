@@ -181,6 +181,14 @@ class BatchSink(Sink):
                 done = exc.delivered
                 self.failed += 1
                 self._down(exc.reason)
+            except Exception as exc:
+                # Not a known outage (a bug, or an error the sink does not expect): the same treatment, so the
+                # thread survives and the events stay spooled; the traceback goes to the log once per outage.
+                done = 0
+                self.failed += 1
+                if self._down_since is None:
+                    log.exception("%s sink: unexpected error", self.name)
+                self._down(f"unexpected {type(exc).__name__}: {exc}")
             if done:
                 self.spool.ack(self.name, [r.seq for r in batch[:done]])
                 self.sent += done - (self.rejected - rejected_before)

@@ -9,6 +9,7 @@ rejected, and the next event goes.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import urllib.error
 import urllib.request
@@ -59,6 +60,7 @@ class WebhookSink(BatchSink):
                     "endpoint's expected format, sinks.webhook.headers (a token?) and url",
                     self.cfg.url, record.seq, exc.code, exc.reason, body,
                 )
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                # Refused, reset, timed out, or the server hung up mid-answer (IncompleteRead, BadStatusLine).
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
                 raise SinkDown(str(reason), delivered=done) from exc
