@@ -19,6 +19,7 @@ Counted at the end: every event the spool ever numbered (its ``next_seq``) again
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import re
@@ -51,8 +52,11 @@ class Broker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.config = folder / "mosquitto.conf"
+        # `user`: started as root, mosquitto would switch to the user 'mosquitto', which cannot write the
+        # persistence folder; the subscriber's session (and what is queued for it) would not survive a restart.
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                               f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n")
+                               f"persistence_location {folder}/\nlog_dest file {folder}/mosquitto.log\n"
+                               f"user {getpass.getuser()}\n")
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
