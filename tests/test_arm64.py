@@ -187,10 +187,13 @@ def test_arm64_detections_equal_x86(arm64_root: Path, work: Path, arm64_venvs: d
 
 
 def test_arm64_decodes_the_video_as_x86(arm64_root: Path, work: Path, arm64_venvs: dict[str, float]) -> None:
-    """OpenCV's aarch64 wheel decodes vtest.avi to the same pixels, so the whole path matches."""
+    """OpenCV's aarch64 wheel decodes vtest.avi (MPEG-4 part 2, whose IDCT may round differently per instruction
+    set) to pixels within a few grey levels of x86's, and the detections on its own decode are the same."""
     arm = _detect_arm64(arm64_root, work, "ai_edge_litert", "cortex-a76", video=True)
-    assert arm["decode_max_abs_diff"] == 0, f"aarch64 decoding differs by {arm['decode_max_abs_diff']} grey levels"
-    assert arm["frames_own_decode"] == arm["frames"]
+    assert arm["decode_max_abs_diff"] <= 4, f"aarch64 decoding differs by {arm['decode_max_abs_diff']} grey levels"
+    worst = assert_same_detections(arm["frames_own_decode"], arm["frames"], "arm64's own decode")
+    log.info("aarch64 decode: pixels within %d grey levels of x86's; detections on it: worst IoU %.3f, %.2f px, "
+             "score %.3f", arm["decode_max_abs_diff"], worst["iou"], worst["box_px"], worst["score"])
 
 
 #: Frames of the clip `edgesight run` gets on arm64 (emulated seconds per frame make 60 too long).
@@ -216,7 +219,7 @@ def _assert_same_objects(mine: list[dict], other: list[dict], what: str) -> None
 
 
 def test_edgesight_run_on_arm64_gives_the_x86_events(arm64_root: Path, work: Path, arm64_venvs: dict[str, float],
-                                                     mirror: Path) -> None:
+                                                     mirror: Path, device_bin: Path) -> None:
     """The daemon itself (`edgesight run`, as the service runs it) on a Pi 5 CPU: the same events as on x86."""
     clip = work / "clip.mp4"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(mirror / "videos" / "vtest.avi"),
@@ -235,8 +238,9 @@ def test_edgesight_run_on_arm64_gives_the_x86_events(arm64_root: Path, work: Pat
     x86_dir.mkdir()
     for name in (BUNDLE, "clip.mp4"):
         (x86_dir / name).symlink_to(work / name)
-    proc = subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=x86_dir, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    # x86's side runs in the device install too (the workstation venv has no prometheus-client).
+    proc = subprocess.run([str(device_bin / "python"), "-m", "toolkit", *args], cwd=x86_dir, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     arm, x86 = _new_objects(work / "run-arm" / "events.jsonl"), _new_objects(x86_dir / "events.jsonl")
     assert len(x86) >= 3, "the clip should confirm several pedestrians"
