@@ -18,7 +18,6 @@ and not at all when nobody does: the observer only keeps a reference to the newe
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -38,8 +37,6 @@ from devices.draw import class_colour
 from devices.host import machine
 from devices.sidecar import read_about
 from devices.types import Detections, Frame
-
-log = logging.getLogger(__name__)
 
 #: Events the page lists.
 RECENT_EVENTS = 20

@@ -8,7 +8,6 @@ pauses the picture (not the daemon), ``q`` or Esc quits.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -25,8 +24,6 @@ from devices.daemon.overlay import Overlay
 from devices.daemon.service import Daemon, ExitCode
 from devices.errors import ConfigError
 from devices.types import Detections, Frame
-
-log = logging.getLogger(__name__)
 
 #: How long the GUI waits for a key between frames; the window refreshes at most this often.
 _KEY_WAIT_MS = 15

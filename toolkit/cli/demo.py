@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -15,8 +15,6 @@ import click
 
 from toolkit.cli.base import cli
 from toolkit.cli.daemon import EXIT_CODES_HELP, daemon_logging, run_overrides
-
-log = logging.getLogger(__name__)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -61,13 +59,19 @@ def demo(source: str, bundle: Path | None, config_file: Path | None, http_addr: 
             return
         url = daemon.http.url + "/"
         click.echo(f"live page: {url}  (Ctrl-C stops the daemon)")
-        if browser and not window:
+        if browser and not window and _has_display():
             webbrowser.open(url)
 
     code = run_demo(cfg, record=record, window=window, on_ready=ready)
     if record is not None:
         click.echo(f"recorded: {record}/SUMMARY.md")
     sys.exit(int(code))
+
+
+def _has_display() -> bool:
+    # Without a display Python's webbrowser falls back to text browsers (lynx, w3m), which would take over the
+    # terminal the daemon logs to: then only the address is printed.
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 @cli.command("demo-clip")
