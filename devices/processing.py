@@ -6,7 +6,9 @@ One implementation means every runtime gives the same answer for the same frame.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -103,6 +105,20 @@ def preprocess(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placemen
     return to_tensor(placed, spec), placement
 
 
+#: Per decode kind: how a box's objectness and class probability make its class score. FastestDet's
+#: authors weight objectness 0.6 and class 0.4 (their runtime example); YOLOX multiplies them. Written
+#: with operators only, so the trainer applies the same rule to torch tensors.
+SCORE_RULES: dict[str, Callable[[Any, Any], Any]] = {
+    "yolox": lambda obj, cls: obj * cls,
+    "fastestdet": lambda obj, cls: (obj**0.6) * (cls**0.4),
+}
+
+
+def combine_scores(kind: str, obj: Any, cls: Any) -> Any:
+    """Class scores from objectness and class probabilities by the rule of decode ``kind``."""
+    return SCORE_RULES[kind](obj, cls)
+
+
 def _grid(strides: tuple[int, ...], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     cells, cell_strides = [], []
     for s in strides:
@@ -120,8 +136,7 @@ def decode_yolox(raw: np.ndarray, spec: DecodeSpec, width: int, height: int) -> 
     xy = (raw[:, :2] + grid) * stride
     wh = np.exp(np.minimum(raw[:, 2:4], 10.0)) * stride
     boxes = np.concatenate([xy - wh / 2, xy + wh / 2], 1)
-    scores = raw[:, 4:5] * raw[:, 5 : 5 + spec.num_classes]
-    return boxes, scores
+    return boxes, combine_scores("yolox", raw[:, 4:5], raw[:, 5 : 5 + spec.num_classes])
 
 
 def decode_fastestdet(raw: np.ndarray, spec: DecodeSpec, width: int, height: int) -> tuple[np.ndarray, ...]:
@@ -141,7 +156,7 @@ def decode_fastestdet(raw: np.ndarray, spec: DecodeSpec, width: int, height: int
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
     obj = np.clip(flat[:, 0:1], 0.0, 1.0)
     cls = np.clip(flat[:, 5 : 5 + spec.num_classes], 0.0, 1.0)
-    return boxes, (obj**0.6) * (cls**0.4)
+    return boxes, combine_scores("fastestdet", obj, cls)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int | None = None) -> np.ndarray:

@@ -46,6 +46,9 @@ class PretrainedWeights:
         file: Upstream location, sha256 and mirror path of the weights.
         license: SPDX identifier of the weights' licence.
         license_file: Upstream licence text, shipped beside any redistributed derivative.
+        license_url: Where the licence text is upstream, when there is no pinned ``license_file``.
+        license_notice: Shipped as ``LICENSE`` instead when there is no pinned ``license_file``: who
+            licensed the weights under which licence (the weights' source is appended).
         categories: Class names of the pretrained head, in output order.
         input: Preprocessing the weights were trained with.
         decode: Output decode rule of the pretrained head.
@@ -60,6 +63,8 @@ class PretrainedWeights:
     input: InputSpec
     decode: DecodeSpec
     source_note: str = ""
+    license_url: str = ""
+    license_notice: str = ""
 
 
 def at_input_size(spec: ModelSpec, size: int) -> ModelSpec:

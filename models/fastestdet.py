@@ -339,7 +339,8 @@ def _reorder_class_rows(state: dict[str, torch.Tensor], rows: list[int]) -> dict
     return out
 
 
-@register_model("fastestdet")
+# The classes share one softmax, so no class-score row stands alone (no class_rows_prefix).
+@register_model("fastestdet", weights=FASTESTDET_COCO, backbone_prefix="backbone.")
 def fastestdet(
     num_classes: int = len(TARGET_CLASSES),
     pretrained: bool | Literal["backbone"] = True,

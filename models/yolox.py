@@ -51,6 +51,14 @@ YOLOX_NANO_COCO = PretrainedWeights(
     ),
     license="Apache-2.0",
     license_file=None,
+    license_url=YOLOX_LICENSE_URL,
+    license_notice=(
+        "This model was fine-tuned from the YOLOX-Nano COCO weights of Megvii (YOLOX,\n"
+        "https://github.com/Megvii-BaseDetection/YOLOX), which are licensed under the\n"
+        "Apache License, Version 2.0. Copyright (c) 2021-2022 Megvii Inc.\n\n"
+        f"Full licence text: {YOLOX_LICENSE_URL}\n"
+        "(also https://www.apache.org/licenses/LICENSE-2.0)\n"
+    ),
     categories=COCO80,
     input=InputSpec(width=416, height=416, resize="letterbox", pad_value=114, channel_order="BGR", scale=1.0),
     decode=DecodeSpec(kind="yolox", strides=STRIDES, num_classes=80),
@@ -481,7 +489,9 @@ def import_onnx_weights(model: YOLOX, onnx_path: str | os.PathLike, class_rows: 
 # --- factory ------------------------------------------------------------------------------------------
 
 
-@register_model("yolox-nano")
+@register_model(
+    "yolox-nano", weights=YOLOX_NANO_COCO, backbone_prefix="backbone.backbone.", class_rows_prefix="head.cls_preds."
+)
 def yolox_nano(num_classes: int = 2, pretrained: bool = True, mirror: str | None = None) -> YOLOX:
     """YOLOX-Nano, 416x416 BGR 0-255 letterbox input.
 

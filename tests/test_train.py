@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from models import create_model
+from models.registry import model_entry
 from toolkit.data.images import load_image
 from toolkit.data.sets import default_splits
 from toolkit.evaluate.detector import TorchDetector
-from toolkit.train.config import _BACKBONE_PREFIX
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import teacher_rows
 from toolkit.train.loop import _freeze_norm, improves_on, lr_factor
@@ -53,7 +53,7 @@ def test_short_finetune_lowers_loss_and_keeps_both_classes(mirror: Path, arch: s
     # converged model by the full learning rate.
     # ... and its frozen feature extractor.
     for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[arch]))
+        p.requires_grad_(not name.startswith(model_entry(arch).backbone_prefix))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, 10, 5))
     model.train()

@@ -10,10 +10,26 @@ import click
 from toolkit.cli.base import cli
 
 
+class ModelChoice(click.Choice):
+    """The registered architectures (``models.list_models``), read only when a train command needs them.
+
+    The registry imports the networks and so torch; ``edgesight --help`` and the device commands must not.
+    """
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from models import list_models
+
+        return tuple(list_models())
+
+
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/exp1"),
               show_default=True, help="Run folder: best.pt, last.pt, summary.json, val.json.")
-@click.option("--model", type=click.Choice(["yolox-nano", "fastestdet"]), default=None,
+@click.option("--model", type=ModelChoice(), default=None,
               help="Architecture (default yolox-nano, the accurate tier).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON file with recipe fields (see TrainConfig); flags override it.")

@@ -1,44 +1,41 @@
-"""The upstream weights' licence, copied or written into every bundle."""
+"""The upstream weights' licence, copied or written into every bundle, from the model's registry entry."""
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from devices.errors import ConfigError
 from models.hub import resolve
+from models.registry import list_models, model_entry
 
 
 def write_license(folder: Path, arch: str, mirror: str | None = None) -> dict[str, str]:
     """Put the upstream weights' licence in the bundle; returns the manifest's ``license`` record.
 
-    FastestDet's BSD-3-Clause ``LICENSE.md`` is copied from its pinned upstream file (verified by
-    sha256). YOLOX-Nano is Apache-2.0 upstream, but the pinned weights come from a copy without a
-    licence file, so a notice naming the licence and its upstream URL is written instead.
+    A pinned licence file (``PretrainedWeights.license_file``, verified by sha256) is copied under its
+    upstream name. Weights pinned from a copy without a licence file (YOLOX-Nano) ship their record's
+    ``license_notice`` as ``LICENSE`` instead, naming the licence, its upstream URL and the weights' source.
 
     Raises:
-        ConfigError: An architecture without a known licence.
+        ConfigError: An unregistered architecture, or one whose weights record has neither a licence file
+            nor a notice.
     """
-    if arch == "fastestdet":
-        from models.fastestdet import FASTESTDET_COCO as record
-
-        source = resolve(record.license_file, "FastestDet licence", mirror)
-        shutil.copyfile(source, folder / "LICENSE.md")
-        return {"spdx": record.license, "file": "LICENSE.md", "source": record.license_file.url}
-    if arch == "yolox-nano":
-        from models.yolox import YOLOX_LICENSE_URL, YOLOX_NANO_COCO
-
-        text = (
-            "This model was fine-tuned from the YOLOX-Nano COCO weights of Megvii (YOLOX,\n"
-            "https://github.com/Megvii-BaseDetection/YOLOX), which are licensed under the\n"
-            "Apache License, Version 2.0. Copyright (c) 2021-2022 Megvii Inc.\n\n"
-            f"Full licence text: {YOLOX_LICENSE_URL}\n"
-            "(also https://www.apache.org/licenses/LICENSE-2.0)\n\n"
-            f"Weights source: {YOLOX_NANO_COCO.file.url} (sha256 {YOLOX_NANO_COCO.file.sha256})\n"
+    if arch not in list_models():
+        raise ConfigError(
+            f"no licence record for architecture '{arch}': it is not registered",
+            f"register it in models/ with its pretrained weights' licence (known: {', '.join(list_models())})",
         )
-        (folder / "LICENSE").write_text(text, encoding="utf-8")
-        return {"spdx": YOLOX_NANO_COCO.license, "file": "LICENSE", "source": YOLOX_LICENSE_URL}
+    weights = model_entry(arch).weights
+    if weights.license_file is not None:
+        name = PurePosixPath(weights.license_file.mirror_path).name
+        shutil.copyfile(resolve(weights.license_file, f"{weights.name} licence", mirror), folder / name)
+        return {"spdx": weights.license, "file": name, "source": weights.license_file.url}
+    if weights.license_notice:
+        source = f"Weights source: {weights.file.url} (sha256 {weights.file.sha256})\n"
+        (folder / "LICENSE").write_text(f"{weights.license_notice}\n{source}", encoding="utf-8")
+        return {"spdx": weights.license, "file": "LICENSE", "source": weights.license_url}
     raise ConfigError(
         f"no licence record for architecture '{arch}'",
-        "add its upstream licence to toolkit.export.licence.write_license",
+        f"give {weights.name} a license_file or a license_notice in its PretrainedWeights (models/)",
     )

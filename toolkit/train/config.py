@@ -9,13 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from devices.errors import ConfigError
-
-#: Parameter-name prefix of each architecture's ImageNet/COCO feature extractor (frozen by default).
-_BACKBONE_PREFIX = {"yolox-nano": "backbone.backbone.", "fastestdet": "backbone."}
-
-#: Parameter-name prefix of the class-score layers, one row per output class, where each class has its own
-#: sigmoid (``label_rows_only``). FastestDet's classes share one softmax, so no row there stands alone.
-_CLASS_ROWS_PREFIX = {"yolox-nano": "head.cls_preds."}
+from models.registry import list_models, model_entry
 
 
 class TrainConfig(BaseModel):
@@ -23,7 +17,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Literal["yolox-nano", "fastestdet"] = "yolox-nano"
+    model: str = Field("yolox-nano", description="A registered architecture (models.list_models()).")
     imgsz: int | None = Field(None, ge=32, multiple_of=32, description="Square input size, a multiple of 32 (None: the "
                               "pretrained size, 416 YOLOX-Nano / 352 FastestDet).")
     epochs: int = Field(6, ge=1)
@@ -58,6 +52,13 @@ class TrainConfig(BaseModel):
         "rows). YOLOX-Nano only.",
     )
 
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in list_models():
+            raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
+        return name
+
     @field_validator("data", mode="before")
     @classmethod
     def _absolute(cls, paths: object) -> object:
@@ -68,8 +69,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _rows_stand_alone(self) -> TrainConfig:
-        if self.label_rows_only and self.model not in _CLASS_ROWS_PREFIX:
-            raise ValueError(f"label_rows_only needs one sigmoid per class; {self.model}'s classes share a softmax")
+        if self.label_rows_only and model_entry(self.model).class_rows_prefix is None:
+            raise ValueError(
+                f"label_rows_only needs one sigmoid per class; {self.model}'s registry entry names no class-score "
+                "rows (its classes share a softmax)"
+            )
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import nms
 
+from devices.processing import combine_scores
 from models.base import COCO_ROWS, TARGET_CLASSES
 from toolkit.train.loss import class_probs
 
@@ -25,8 +26,7 @@ def pseudo_people(teacher_dense, decode_kind: str, score: float) -> list[tuple[t
     """Confident teacher detections of people, per image: labels for photos whose set skips people."""
     probs = class_probs(teacher_dense, 80)[..., COCO_ROWS["pedestrian"]]
     obj = teacher_dense.obj.sigmoid()
-    # Same score rule as devices.processing decodes for this architecture.
-    conf = obj**0.6 * probs**0.4 if decode_kind == "fastestdet" else obj * probs
+    conf = combine_scores(decode_kind, obj, probs)  # the rule the device decodes this architecture with
     out = []
     for boxes, c in zip(teacher_dense.boxes, conf, strict=True):
         keep = c >= score

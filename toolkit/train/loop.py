@@ -34,12 +34,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import create_model
 from models.base import TARGET_CLASSES, at_input_size
 from models.checkpoint import read_checkpoint, save_checkpoint
+from models.registry import model_entry
 from toolkit.data.coco import to_coco
 from toolkit.data.sets import default_splits
 from toolkit.data.videos import VIDEOS, video_frames
 from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
 from toolkit.evaluate.detector import TorchDetector
-from toolkit.train.config import _BACKBONE_PREFIX, _CLASS_ROWS_PREFIX, TrainConfig, TrainResult
+from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import pseudo_people, teacher_rows
 from toolkit.train.loss import detection_loss, read_dense
@@ -169,11 +170,12 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     rows = teacher_rows(class_rows).to(device)
     # Classes the labels supervise; the others learn from the teacher alone (distillation).
     supervised = torch.tensor([TARGET_CLASSES.index(c) for c in config.label_classes], device=device)
+    entry = model_entry(config.model)
     if config.freeze_backbone:
         for name, p in model.named_parameters():
-            p.requires_grad_(not name.startswith(_BACKBONE_PREFIX[config.model]))
+            p.requires_grad_(not name.startswith(entry.backbone_prefix))
     if config.label_rows_only:
-        _train_rows_only(model, _CLASS_ROWS_PREFIX[config.model], supervised.tolist())
+        _train_rows_only(model, entry.class_rows_prefix, supervised.tolist())
 
     dataset = DetectionDataset(train_samples, spec.input, augment=True)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
