@@ -116,9 +116,19 @@ class Frame:
         index: Frame number at the source, counting every frame read (also those dropped later), from 0.
         time: Wall-clock capture time (``time.time()``), for events.
         mono: ``time.monotonic()`` at capture, for frame ages and latencies.
+        stream_time: For a file read as fast as possible (not paced): seconds on the video's own timeline
+            (frames read / its frame rate, from the first open); None for live and paced sources.
     """
 
     image: np.ndarray = field(repr=False)
     index: int
     time: float
     mono: float
+    stream_time: float | None = None
+
+    @property
+    def clock(self) -> float:
+        """Seconds on the timeline that tracking and the motion gate run on: the video's own for a file read
+        as fast as possible (so its events do not depend on how fast this machine decodes and detects),
+        ``mono`` otherwise."""
+        return self.mono if self.stream_time is None else self.stream_time

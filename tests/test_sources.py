@@ -226,6 +226,17 @@ def test_loop_starts_the_file_again(clip: Path) -> None:
     assert np.array_equal(frames[0].image, frames[60].image)  # frame 60 is the first frame again
 
 
+def test_an_unpaced_file_runs_on_its_own_timeline(clip: Path) -> None:
+    # Tracking runs on Frame.clock: for a file read as fast as possible that is the video's time (10 fps here),
+    # across a loop restart, so its events do not depend on how fast this machine is.
+    with Source(SourceConfig(uri=str(clip), loop=True)) as source:
+        frames = [source.read(timeout=5.0) for _ in range(70)]
+    assert [f.clock for f in frames] == pytest.approx([i / 10 for i in range(70)])
+    with Source(SourceConfig(uri=str(clip), realtime=True)) as source:
+        frame = source.read(timeout=5.0)
+    assert frame.stream_time is None and frame.clock == frame.mono
+
+
 def test_realtime_file_keeps_only_the_newest_frame(clip: Path) -> None:
     # A consumer at ~3 fps against a 10 fps file: frames are dropped (counted), never queued up.
     with Source(SourceConfig(uri=str(clip), realtime=True)) as source:

@@ -162,7 +162,7 @@ class _Reported:
     """What the pipeline last told the world about one object, and its pending best frame."""
 
     zones: tuple[str, ...]
-    last_event: float  # Frame.mono of its last event
+    last_event: float  # Frame.clock of its last event
     snapshot_score: float = -1.0
     snapshot: str | None = None
     best_score: float = -1.0
@@ -261,8 +261,8 @@ class EventPipeline:
     def _on_new(self, track: Track, frame: Frame) -> list[Event]:
         self._objects[track.label] += 1
         self._total[track.label] += 1
-        reported = self._reported.setdefault(track.uid, _Reported(zones=(), last_event=frame.mono))
-        reported.zones, reported.last_event = track.zones, frame.mono
+        reported = self._reported.setdefault(track.uid, _Reported(zones=(), last_event=frame.clock))
+        reported.zones, reported.last_event = track.zones, frame.clock
         self._write_snapshot(track, reported)
         events = [self._event("new", track, frame.time, frame.index)]
         return events + self._crossings(track, frame)
@@ -275,12 +275,12 @@ class EventPipeline:
             events.append(self._event("update", track, frame.time, frame.index))
         elif (
             reported.best_score >= reported.snapshot_score + self.cfg.events.snapshot_min_gain
-            and frame.mono - reported.last_event >= self.cfg.events.update_min_interval
+            and frame.clock - reported.last_event >= self.cfg.events.update_min_interval
         ):
             self._write_snapshot(track, reported)
             events.append(self._event("update", track, frame.time, frame.index))
         if events:
-            reported.last_event = frame.mono
+            reported.last_event = frame.clock
         return events
 
     def _on_end(self, track: Track, frame_time: float, frame_index: int) -> Event:
@@ -309,7 +309,7 @@ class EventPipeline:
         if self.snapshots is None:
             return
         for track in matched:
-            reported = self._reported.setdefault(track.uid, _Reported(zones=(), last_event=frame.mono))
+            reported = self._reported.setdefault(track.uid, _Reported(zones=(), last_event=frame.clock))
             if track.score > reported.best_score:
                 reported.best_score = track.score
                 reported.best_image = frame.image.copy()

@@ -85,14 +85,14 @@ class MotionGate:
             cv2.accumulateWeighted(grey, background, self.cfg.alpha)
             if self._changed >= self.cfg.min_area:
                 self.state = "motion"
-                if self._last_run is not None and frame.mono - self._last_run < self.cfg.min_interval:
+                if self._last_run is not None and frame.clock - self._last_run < self.cfg.min_interval:
                     self._counts["skipped"] += 1  # moving, but the detector ran a moment ago
                     return False
                 self._counts["motion"] += 1
                 return self._run(frame)
             self.state = "still"
 
-        if self._last_run is None or frame.mono - self._last_run >= self.cfg.max_idle:
+        if self._last_run is None or frame.clock - self._last_run >= self.cfg.max_idle:
             self._counts["idle_runs"] += 1
             return self._run(frame)
         self._counts["skipped"] += 1
@@ -103,7 +103,7 @@ class MotionGate:
         return {"enabled": self.cfg.enabled, "state": self.state, "changed": round(self._changed, 5), **self._counts}
 
     def _run(self, frame: Frame) -> bool:
-        self._last_run = frame.mono
+        self._last_run = frame.clock
         self._counts["runs"] += 1
         return True
 

@@ -66,7 +66,7 @@ class TrackView:
 class Track:
     """One tracked object (internal, mutable; the tracker owns it).
 
-    Times ``*_mono`` are ``Frame.mono`` (durations), ``*_time`` are ``Frame.time`` (for events).
+    Times ``*_mono`` are ``Frame.clock`` (durations), ``*_time`` are ``Frame.time`` (for events).
     """
 
     uid: str
@@ -214,7 +214,7 @@ class Tracker:
             elif self._becomes_object(track):
                 track.confirmed = True
                 confirmed.append(track)
-        expired = self._expire(frame.mono)
+        expired = self._expire(frame.clock)
         ended = [t for t in expired if t.confirmed]
         dropped = [t for t in expired if not t.confirmed]
         return TrackerStep(matched, confirmed, seen, ended, dropped)
@@ -259,7 +259,7 @@ class Tracker:
         for label in self.rules:
             dets = [(box, score) for lab, box, score in usable if lab == label]
             tracks = [t for t in self._tracks if t.label == label]
-            pairs = self._match(tracks, [box for box, _ in dets], frame.mono) if dets and tracks else []
+            pairs = self._match(tracks, [box for box, _ in dets], frame.clock) if dets and tracks else []
             for ti, di in pairs:
                 self._observe(tracks[ti], frame, *dets[di])
                 matched.append(tracks[ti])
@@ -276,7 +276,7 @@ class Tracker:
                         box=box,
                         score=score,
                         first_time=frame.time,
-                        last_mono=frame.mono,
+                        last_mono=frame.clock,
                         last_time=frame.time,
                         last_index=frame.index,
                     )
@@ -300,7 +300,7 @@ class Tracker:
 
     def _observe(self, track: Track, frame: Frame, box: np.ndarray, score: float) -> None:
         """Record a detection of ``track`` on ``frame``: box, scores, velocity, zones and line crossings."""
-        dt = frame.mono - track.last_mono
+        dt = frame.clock - track.last_mono
         if track.hits and dt > 0:
             centre_shift = (box[:2] + box[2:] - track.box[:2] - track.box[2:]) / 2
             track.velocity = (1 - _VELOCITY_BLEND) * track.velocity + _VELOCITY_BLEND * centre_shift / dt
@@ -310,7 +310,7 @@ class Tracker:
         track.top_score = max(track.top_score, score)
         track.hits += 1
         track.missed = False
-        track.last_mono, track.last_time, track.last_index = frame.mono, frame.time, frame.index
+        track.last_mono, track.last_time, track.last_index = frame.clock, frame.time, frame.index
         foot = foot_point(box)
         track.zones = tuple(z.name for z in self.zones if z.contains(track.label, foot))
         if self.line is not None and self.line.counts(track.label):

@@ -174,6 +174,7 @@ class Source:
         self.live = self.uri.live
         self.realtime = self.live or bool(cfg.realtime)
         self._buffer = _Buffer(latest=self.realtime)
+        self._stream_frames = 0  # frames of an unpaced file delivered so far, across --loop restarts
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._gen = 0
@@ -332,7 +333,12 @@ class Source:
                 self._file_ended(reader, count)
                 return
             count += 1
-            self._deliver(gen, image, captured, mono)
+            stream_time = None
+            if not self.realtime:
+                # An unpaced file's own timeline, continuous across --loop restarts.
+                stream_time = self._stream_frames / fps
+                self._stream_frames += 1
+            self._deliver(gen, image, captured, mono, stream_time)
             if self.realtime and not self.live:
                 # Pace a file at its own rate, as a camera would deliver it.
                 delay = started + count / fps - time.monotonic()
@@ -346,7 +352,7 @@ class Source:
         fresh.open()
         return fresh
 
-    def _deliver(self, gen: int, image: Any, captured: float, mono: float) -> None:
+    def _deliver(self, gen: int, image: Any, captured: float, mono: float, stream_time: float | None) -> None:
         with self._lock:
             index = self._frames
             self._frames += 1
@@ -369,7 +375,7 @@ class Source:
                 log.warning("source %s: frame %d skipped: %s (%d bad frames so far)",
                             self.uri.display, index, problem, bad)
             return
-        self._buffer.put(Frame(image, index, captured, mono), alive=lambda: self._current(gen))
+        self._buffer.put(Frame(image, index, captured, mono, stream_time), alive=lambda: self._current(gen))
 
     def _file_ended(self, reader: Reader, count: int) -> None:
         expected = reader.expected_frames
