@@ -37,6 +37,10 @@ class MissingDependencyError(EdgesightError):
         )
 
 
+class FrameError(DataError, ValueError):
+    """A frame is not a BGR uint8 image (e.g. ``None`` from ``cv2.imread``); the daemon counts and skips it."""
+
+
 class SourceError(EdgesightError):
     """A camera or video source failed to open or stopped delivering frames."""
 

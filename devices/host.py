@@ -1,9 +1,10 @@
-"""The machine a latency was measured on, named in reports and benchmark tables."""
+"""The machine a latency was measured on and the packages installed, named in reports and benchmark tables."""
 
 from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 
 
@@ -18,3 +19,11 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+def package_version(distribution: str) -> str:
+    """Installed version of a pip package (e.g. ``onnxruntime``), or ``not installed``."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from devices.errors import FrameError
 from devices.types import DecodeSpec, Detections, InputSpec
 
 
@@ -97,11 +98,36 @@ def pixel_offset(spec: InputSpec) -> int | None:
     return None
 
 
+def check_frame(frame: object) -> np.ndarray:
+    """``frame`` if it is a BGR uint8 (H, W, 3) image.
+
+    Raises:
+        FrameError: Anything else, naming what it is: ``None`` is what ``cv2.imread`` returns for a file it
+            cannot read, and what a failed camera read gives.
+    """
+    if frame is None:
+        raise FrameError(
+            "expected a BGR uint8 frame (H, W, 3), got None (cv2.imread returns None for a file it cannot read, "
+            "and a camera read that failed gives None)",
+            "check that the image file exists and is an image, or that the camera delivered a frame",
+        )
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise FrameError(
+            f"expected a BGR uint8 frame (H, W, 3), got {what}",
+            "pass the image as cv2.imread/cv2.VideoCapture give it (grey images: cv2.cvtColor(img, "
+            "cv2.COLOR_GRAY2BGR))",
+        )
+    return frame
+
+
 def preprocess(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
-    """BGR uint8 frame -> (input tensor with batch dimension, placement to map boxes back)."""
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected a BGR uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
-    placed, placement = place(frame, spec)
+    """BGR uint8 frame -> (input tensor with batch dimension, placement to map boxes back).
+
+    Raises:
+        FrameError: ``frame`` is not a BGR uint8 image (``check_frame``).
+    """
+    placed, placement = place(check_frame(frame), spec)
     return to_tensor(placed, spec), placement
 
 

@@ -1,10 +1,10 @@
 """Run a verified bundle on camera frames: BGR frame in, ``Detections`` out.
 
 ``BundleDetector`` loads and verifies the bundle (``devices.bundle.load_bundle``), opens the runtime
-its format needs once (ONNX Runtime or LiteRT / tflite-runtime), and runs every frame through the
-shared ``devices.processing`` with the manifest's ``InputSpec`` and ``DecodeSpec``. The three stages
-are public (``prepare``, ``run_model``, ``decode``) so that a benchmark can time the model call apart
-from the whole frame, with the same interface as ``toolkit.evaluate.peers.Peer``.
+its format needs once (``devices.backends.create_backend``: ONNX Runtime, LiteRT or tflite-runtime), and
+runs every frame through the shared ``devices.processing`` with the manifest's ``InputSpec`` and
+``DecodeSpec``. It is a ``devices.detector.TimedDetector``: the three stages are public (``prepare``,
+``run_model``, ``decode``) so that a benchmark can time the model call apart from the whole frame.
 """
 
 from __future__ import annotations
@@ -14,28 +14,21 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
-from types import TracebackType
-from typing import Literal
 
 import numpy as np
 
-from devices.backends.onnxrt import OnnxRuntimeBackend
-from devices.backends.tflite import TfliteBackend
+from devices.backends import Backend, create_backend, runtime_label
 from devices.bundle import Bundle, load_bundle
 from devices.errors import ConfigError, ModelFileError
 from devices.processing import Placement, postprocess, preprocess
+from devices.resource import Openable
 from devices.types import DecodeSpec, Detections, InputSpec
 
 log = logging.getLogger(__name__)
 
-Runtime = Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"]
-_TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime")
-_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
 
-
-class BundleDetector:
+class BundleDetector(Openable):
     """A bundle as a frame-in, detections-out callable; open once, call per frame, close.
 
     Example:
@@ -45,8 +38,8 @@ class BundleDetector:
     Args:
         bundle_dir: The bundle folder (verified by sha256 before anything is loaded).
         threads: Runtime CPU threads; None lets the runtime use every core.
-        runtime: ``auto``; for a TFLite bundle also ``ai_edge_litert`` or ``tflite_runtime``; for an ONNX
-            bundle ``onnxruntime``.
+        runtime: ``auto``, or a runtime of ``devices.backends.RUNTIMES`` that runs the bundle's format:
+            ``ai_edge_litert`` or ``tflite_runtime`` for a TFLite bundle, ``onnxruntime`` for an ONNX one.
         score_threshold: Overrides the manifest's deployment threshold (evaluation uses 0.01).
         providers: ONNX Runtime execution providers, best first (None: the best available).
 
@@ -59,7 +52,7 @@ class BundleDetector:
         self,
         bundle_dir: str | os.PathLike,
         threads: int | None = None,
-        runtime: Runtime = "auto",
+        runtime: str = "auto",
         score_threshold: float | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
@@ -75,7 +68,7 @@ class BundleDetector:
         self.decode_spec: DecodeSpec = manifest.decode
         if score_threshold is not None:
             self.decode_spec = dataclasses.replace(self.decode_spec, score_threshold=score_threshold)
-        self.backend = _make_backend(self.bundle, threads, runtime, providers)
+        self.backend: Backend = create_backend(self.bundle.model_path, manifest.format, runtime, threads, providers)
         self._open = False
         self.open()
 
@@ -98,15 +91,6 @@ class BundleDetector:
         self.backend.close()
         self._open = False
 
-    def __enter__(self) -> BundleDetector:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # --- what it is ----------------------------------------------------------------------------------------
 
     @property
@@ -121,21 +105,20 @@ class BundleDetector:
     @property
     def runtime(self) -> str:
         """Runtime and version actually used, e.g. ``onnxruntime 1.32.0``."""
-        name = "onnxruntime" if isinstance(self.backend, OnnxRuntimeBackend) else self.backend.runtime
-        try:
-            version = metadata.version(_DISTRIBUTIONS.get(name, name))
-        except metadata.PackageNotFoundError:
-            version = "?"
-        return f"{name} {version}"
+        return runtime_label(self.backend)
 
     # --- one frame, in three timed stages ------------------------------------------------------------------
 
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Placement]:
-        """BGR uint8 frame -> (input tensor, where the frame sits in it)."""
+        """BGR uint8 frame -> (input tensor, where the frame sits in it).
+
+        Raises:
+            FrameError: ``frame`` is not a BGR uint8 image (``None`` from ``cv2.imread``, a grey array).
+        """
         return preprocess(frame, self.input)
 
     def run_model(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """The model call alone; its output (batch kept), in a list like ``toolkit.evaluate.peers.Peer``'s."""
+        """The model call alone; its output (batch kept), in a list like every ``TimedDetector``'s."""
         if not self._open:
             raise RuntimeError(f"BundleDetector {self.name} is closed: use it in a `with` block or call open()")
         return [self.backend.run(tensor)]
@@ -158,12 +141,8 @@ class BundleDetector:
         """The file's input tensor must be what the manifest's InputSpec produces."""
         spec = self.input
         expected_shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
-        if isinstance(self.backend, TfliteBackend):
-            details = self.backend.input_details
-            shape, dtype, scale, zero_point = details.shape, details.dtype, details.scale, details.zero_point
-        else:
-            shape, dtype = self.backend.input_shape, self.backend.input_dtype
-            scale = zero_point = None
+        details = self.backend.input_details
+        shape, dtype, scale, zero_point = details.shape, details.dtype, details.scale, details.zero_point
         problems = []
         if tuple(shape) != expected_shape:
             problems.append(f"input shape {tuple(shape)} != {expected_shape}")
@@ -184,23 +163,3 @@ class BundleDetector:
                 f"{self.path} does not match its manifest: {'; '.join(problems)}",
                 "re-export the bundle with `edgesight export` (the manifest was written for another file)",
             )
-
-
-def _make_backend(
-    bundle: Bundle, threads: int | None, runtime: str, providers: Sequence[str] | None
-) -> OnnxRuntimeBackend | TfliteBackend:
-    fmt = bundle.manifest.format
-    if fmt == "onnx":
-        if runtime not in ("auto", "onnxruntime"):
-            raise ConfigError(
-                f"runtime {runtime!r} cannot run the ONNX bundle {bundle.path}", "use runtime='auto' or 'onnxruntime'"
-            )
-        return OnnxRuntimeBackend(bundle.model_path, threads=threads, providers=providers)
-    if runtime not in ("auto", *_TFLITE_RUNTIMES):
-        raise ConfigError(
-            f"runtime {runtime!r} cannot run the TFLite bundle {bundle.path}",
-            f"use runtime='auto' or one of {list(_TFLITE_RUNTIMES)}",
-        )
-    if providers is not None:
-        log.warning("execution providers %s are ignored for the TFLite bundle %s", list(providers), bundle.path)
-    return TfliteBackend(bundle.model_path, threads=threads, runtime=runtime)  # type: ignore[arg-type]

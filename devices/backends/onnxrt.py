@@ -10,12 +10,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from devices.backends.base import TensorDetails
 from devices.errors import ConfigError, ModelFileError, require
+from devices.resource import Openable
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ _ONNX_DTYPES = {
 }
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Openable):
     """One ONNX model in an ONNX Runtime session; a context manager that opens and warms up once.
 
     Example:
@@ -107,16 +108,10 @@ class OnnxRuntimeBackend:
         self._input_shape: tuple[int, ...] = ()
         self._input_dtype = np.dtype(np.float32)
 
+    #: The runtime's key in ``devices.backends.RUNTIMES``.
+    runtime = "onnxruntime"
+
     # --- lifecycle -----------------------------------------------------------------------------------
-
-    def __enter__(self) -> OnnxRuntimeBackend:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def open(self) -> None:
         """Load the model, check its input, and run one warm-up inference (first-run allocations)."""
@@ -203,6 +198,12 @@ class OnnxRuntimeBackend:
         """Element type of the input tensor."""
         self._require_open()
         return self._input_dtype
+
+    @property
+    def input_details(self) -> TensorDetails:
+        """The input tensor: shape with batch and dtype (ONNX QDQ files take float, so no scale)."""
+        self._require_open()
+        return TensorDetails(self._input_name, self._input_shape, self._input_dtype)
 
     @property
     def providers(self) -> list[str]:

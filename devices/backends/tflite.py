@@ -14,14 +14,14 @@ import importlib
 import logging
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
 
+from devices.backends.base import TensorDetails
 from devices.errors import ConfigError, MissingDependencyError, ModelFileError
+from devices.resource import Openable
 
 log = logging.getLogger(__name__)
 
@@ -38,38 +38,7 @@ _BROKEN_FILE_FIX = (
 )
 
 
-@dataclass(frozen=True)
-class TensorDetails:
-    """One input or output tensor of the model.
-
-    Attributes:
-        name: Tensor name in the file.
-        shape: Shape with the batch dimension, e.g. ``(1, 416, 416, 3)`` (TFLite files are NHWC).
-        dtype: Element type.
-        scale: For an integer tensor: real = (q - zero_point) * scale; None for a float tensor.
-        zero_point: See ``scale``; None for a float tensor.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    scale: float | None = None
-    zero_point: int | None = None
-
-    @classmethod
-    def from_runtime(cls, details: dict[str, Any]) -> TensorDetails:
-        scale, zero_point = details.get("quantization", (0.0, 0))
-        quantized = np.issubdtype(details["dtype"], np.integer) and scale != 0.0
-        return cls(
-            name=str(details["name"]),
-            shape=tuple(int(d) for d in details["shape"]),
-            dtype=np.dtype(details["dtype"]),
-            scale=float(scale) if quantized else None,
-            zero_point=int(zero_point) if quantized else None,
-        )
-
-
-class TfliteBackend:
+class TfliteBackend(Openable):
     """One TFLite model in an interpreter; a context manager that loads, allocates and warms up once.
 
     Example:
@@ -107,15 +76,6 @@ class TfliteBackend:
         self._outputs: list[tuple[TensorDetails, int]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------------
-
-    def __enter__(self) -> TfliteBackend:
-        self.open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def open(self) -> None:
         """Load the model, allocate its tensors, check its input and run one warm-up inference."""

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import cv2
 import numpy as np
 
 from devices.errors import ConfigError, require
-from devices.host import machine
+from devices.host import machine, package_version
 from devices.runner import BundleDetector
 from devices.timing import percentile, time_frame
 from toolkit.data.images import load_image
@@ -277,9 +276,9 @@ def _accuracy(entry: _Entry, coco_json: Path, images_dir: Path | None) -> None:
     detector = entry.open(None, EVAL_SCORE_THRESHOLD)
     try:
         entry.accuracy = evaluate(detector, coco_json, images_dir, detector.labels)
-        entry.runtime = _runtime(detector)
+        entry.runtime = detector.runtime
     finally:
-        _close(detector)
+        detector.close()
     log.info("%s: AP@[.5:.95] %s", entry.name, fmt_ap(entry.accuracy.map))
 
 
@@ -294,7 +293,7 @@ def _time_all(entries: Sequence[_Entry], threads: int, photos: Sequence[np.ndarr
             times = _interleaved(detectors, photos, frames)
         finally:
             for d in detectors:
-                _close(d)
+                d.close()
         rows += [_row(e, threads, m, f) for e, (m, f) in zip(learned, times, strict=True)]
         for e in baseline:
             detector = e.open(threads, None)
@@ -448,28 +447,5 @@ def _opencv_threads(threads: int) -> Iterator[None]:
         cv2.setNumThreads(before)
 
 
-def _runtime(detector: Any) -> str:
-    if isinstance(detector, BundleDetector):
-        return detector.runtime
-    record = getattr(detector, "record", None)
-    if record is not None:
-        package = "onnxruntime" if record.runtime == "onnx" else "ai-edge-litert"
-        return f"{package} {package_version(package)}"
-    return f"opencv {cv2.__version__}"
-
-
-def _close(detector: Any) -> None:
-    close = getattr(detector, "close", None)
-    if close is not None:
-        close()
-
-
 def _versions() -> dict[str, str]:
     return {p: package_version(p) for p in ("onnxruntime", "ai-edge-litert", "opencv-contrib-python-headless")}
-
-
-def package_version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"

@@ -21,20 +21,18 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from devices.detector import Detector
 from devices.errors import DataError, require
-from devices.types import Detections
 from toolkit.evaluate.results import ClassResult, EvalResult
 
 log = logging.getLogger(__name__)
-
-Detector = Callable[[np.ndarray], Detections]
 
 #: Score threshold to run a detector at for AP: the standard practice of COCO evaluations
 #: (YOLOX and mmdetection evaluate at 0.001-0.01); higher thresholds truncate the PR curve.

@@ -31,6 +31,13 @@ class TorchDetector:
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
+    @property
+    def runtime(self) -> str:
+        return f"torch {torch.__version__}"
+
+    def close(self) -> None:
+        """Nothing to release (``devices.detector.Detector``)."""
+
     @torch.no_grad()
     def __call__(self, frame: np.ndarray) -> Detections:
         tensor, placement = preprocess(frame, self.spec.input)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from devices.errors import ConfigError, MissingDependencyError
-from devices.processing import nms
+from devices.processing import check_frame, nms
 from devices.types import Detections
 
 #: Same classes and order as the learned models (``models.base.TARGET_CLASSES``).
@@ -112,6 +112,13 @@ class HogPeopleDetector:
         self.max_detections = max_detections
         self._hog = _hog_descriptor()
 
+    @property
+    def runtime(self) -> str:
+        return f"opencv {cv2.__version__}"
+
+    def close(self) -> None:
+        """Nothing to release (``devices.detector.Detector``)."""
+
     def _enlargement(self, width: int, height: int) -> float:
         """Factor the image is resized by before detection (1 = as is)."""
         factor = max(1.0, WINDOW[0] / width, WINDOW[1] / height)
@@ -121,9 +128,7 @@ class HogPeopleDetector:
 
     def __call__(self, image_bgr: np.ndarray) -> Detections:
         """Detect pedestrians in a BGR uint8 image; boxes are in its pixels, class id 0."""
-        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {image_bgr.dtype} {image_bgr.shape}")
-        h, w = image_bgr.shape[:2]
+        h, w = check_frame(image_bgr).shape[:2]
         factor = self._enlargement(w, h)
         img = image_bgr
         if factor > 1.0:

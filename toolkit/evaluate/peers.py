@@ -24,10 +24,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from devices.backends.onnxrt import OnnxRuntimeBackend
-from devices.backends.tflite import TfliteBackend
+from devices.backends import Backend, create_backend, runtime_label
 from devices.errors import ConfigError, ModelFileError
 from devices.processing import Placement, nms, postprocess, preprocess
+from devices.resource import Openable
 from devices.types import DecodeSpec, Detections, InputSpec
 from models.base import COCO80, TARGET_CLASSES
 from models.hub import RemoteFile, verify
@@ -142,16 +142,14 @@ SSD_MOBILENETV2_FPNLITE = PeerRecord(
 PEERS: tuple[PeerRecord, ...] = (YOLOX_NANO, NANODET_M, SSD_MOBILENETV2_FPNLITE)
 
 
-def _open_backend(record: PeerRecord, path: Path, threads: int | None) -> OnnxRuntimeBackend | TfliteBackend:
+def _open_backend(record: PeerRecord, path: Path, threads: int | None) -> Backend:
     """The same device backend that runs our own bundles, so the comparison goes through one path."""
-    backend = OnnxRuntimeBackend(path, threads=threads) if record.runtime == "onnx" else TfliteBackend(
-        path, threads=threads
-    )
+    backend = create_backend(path, record.runtime, threads=threads)
     backend.open()
     return backend
 
 
-class Peer:
+class Peer(Openable):
     """A stock COCO detector as a frame-in, detections-out callable with our two labels.
 
     Open once (it verifies and loads the file), then call it on frames; ``close`` (or ``with``) frees
@@ -186,7 +184,8 @@ class Peer:
         self.threads = threads
         self.score_threshold = score_threshold
         self.input = record.input
-        self._runner: OnnxRuntimeBackend | TfliteBackend | None = _open_backend(record, self.path, threads)
+        self._runner: Backend | None = _open_backend(record, self.path, threads)
+        self.runtime = runtime_label(self._runner)
         log.info("peer %s: %s (%s threads)", self.name, self.path, threads or "default")
 
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, Placement]:
@@ -207,16 +206,15 @@ class Peer:
         tensor, placement = self.prepare(frame)
         return self.decode(self.run_model(tensor), placement, frame.shape)
 
+    def open(self) -> None:
+        """Load the model file again after ``close`` (a no-op while open)."""
+        if self._runner is None:
+            self._runner = _open_backend(self.record, self.path, self.threads)
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
-
-    def __enter__(self) -> Peer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {str(self.path)!r}, threads={self.threads})"

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from devices.bundle import (
     write_manifest,
 )
 from devices.errors import ConfigError, ModelFileError, require
+from devices.host import package_version
 from devices.processing import preprocess
 from devices.runner import BundleDetector
 from devices.timing import percentile, time_frame
@@ -353,8 +353,3 @@ def to_accuracy(result: EvalResult, dataset: str, dataset_sha256: str, runtime: 
     )
 
 
-def package_version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
