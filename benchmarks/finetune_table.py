@@ -34,9 +34,9 @@ def main() -> None:
     from toolkit.data.coco import to_coco
     from toolkit.data.sets import default_splits
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-    from toolkit.evaluate.detector import TorchDetector
     from toolkit.evaluate.hog import HogPeopleDetector
     from toolkit.evaluate.peers import load_peers
+    from toolkit.evaluate.torch_detector import TorchDetector
 
     _, val = default_splits()
     val = val[: args.max_val_images] if args.max_val_images else val

@@ -37,7 +37,7 @@ def main() -> None:
     from toolkit.data.coco import to_coco
     from toolkit.data.sets import default_splits
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-    from toolkit.evaluate.detector import TorchDetector
+    from toolkit.evaluate.torch_detector import TorchDetector
 
     _, val = default_splits()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ PHOTO = "datasets/coco128/images/val2017/000000000139.jpg"
 def detectors(mirror: Path, test_bundles: Path) -> Iterator[dict[str, Detector]]:
     """One detector of each kind: a bundle per format, a peer, HOG, and the PyTorch model."""
     from models import create_model
-    from toolkit.evaluate.detector import TorchDetector
     from toolkit.evaluate.hog import HogPeopleDetector
     from toolkit.evaluate.peers import load_peers
+    from toolkit.evaluate.torch_detector import TorchDetector
 
     opened: dict[str, Detector] = {
         "tflite bundle": BundleDetector(test_bundles / "yolox-nano-tflite-int8", threads=1),

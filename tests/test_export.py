@@ -112,7 +112,7 @@ def test_eval_on_a_bundle_equals_the_runtime_by_hand(onnx_fp32, val_json: Path, 
 def test_a_model_trained_above_its_size_exports_at_that_size(mirror: Path, tmp_path: Path) -> None:
     from models.base import at_input_size
     from models.checkpoint import load_checkpoint
-    from toolkit.evaluate.detector import TorchDetector
+    from toolkit.evaluate.torch_detector import TorchDetector
 
     model = create_model("fastestdet", num_classes=2, pretrained=True, mirror=str(mirror))
     model.spec = at_input_size(model.spec, 416)

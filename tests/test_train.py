@@ -16,7 +16,7 @@ from models import create_model
 from models.registry import model_entry
 from toolkit.data.images import load_image
 from toolkit.data.sets import default_splits
-from toolkit.evaluate.detector import TorchDetector
+from toolkit.evaluate.torch_detector import TorchDetector
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import teacher_rows
 from toolkit.train.loop import _freeze_norm, improves_on, lr_factor

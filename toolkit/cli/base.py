@@ -6,6 +6,7 @@ here imports torch: the device install runs ``edgesight run`` from the same entr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from devices.errors import EdgesightError
+from devices.errors import EdgesightError, MissingDependencyError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,18 @@ def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
     if mirror:
         os.environ["EDGESIGHT_MIRROR"] = str(Path(mirror).resolve())
     ctx.obj = {"mirror": str(Path(mirror).resolve()) if mirror else None}
+
+
+def need_workstation(command: str, *modules: str) -> None:
+    """Refuse a workstation command on the device install (no torch, no Pillow) in one message, not a traceback.
+
+    Raises:
+        MissingDependencyError: The first of ``modules`` that is not installed, naming the extra.
+    """
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            package = {"PIL": "pillow"}.get(module, module)
+            raise MissingDependencyError(package, "train,export", f"`edgesight {command}` (the workstation install)")
 
 
 def main() -> None:

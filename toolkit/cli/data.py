@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from toolkit.cli.base import cli
+from toolkit.cli.base import cli, need_workstation
 
 
 @cli.command("data")
@@ -16,6 +16,7 @@ from toolkit.cli.base import cli
 @click.pass_context
 def data_cmd(ctx: click.Context, split: str, data: tuple[Path, ...]) -> None:
     """Report the training data: images and boxes per class and source, box sizes."""
+    need_workstation("data", "PIL")
     from toolkit.data import data_report, default_splits, render_report
 
     train_s, val_s = default_splits(mirror=ctx.obj["mirror"], data=data)

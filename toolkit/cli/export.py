@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL
-from toolkit.cli.base import cli
+from toolkit.cli.base import cli, need_workstation
 
 
 @cli.command("export")
@@ -32,6 +32,7 @@ def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision:
                out: Path, max_drop: float, calibration_images: int, allow_few_calibration: bool,
                val_images: int | None, max_noise_to_signal: float) -> None:
     """Export CHECKPOINT to a verified TFLite/ONNX bundle (model, labels, licence, report, manifest)."""
+    need_workstation("export", "torch", "PIL", "onnx")
     from toolkit.export import export, export_all
 
     options = dict(max_drop=max_drop, calibration_count=calibration_images, allow_few=allow_few_calibration,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from toolkit.cli.base import cli
+from toolkit.cli.base import cli, need_workstation
 
 
 class ModelChoice(click.Choice):
@@ -54,6 +54,7 @@ class ModelChoice(click.Choice):
 def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Path | None, resume: Path | None,
           **overrides: object) -> None:
     """Fine-tune a COCO-pretrained detector on the bundled pedestrian and stop-sign photos."""
+    need_workstation("train", "torch", "PIL")
     from toolkit.train import recipe
     from toolkit.train import train as run_train
 

@@ -7,12 +7,14 @@ The learned models are timed interleaved (one frame of each in turn) so that loa
 the machine falls on all of them alike. HOG, at ~1 s a frame, is timed on fewer frames after them.
 
 Outputs in ``out``: ``bench.md`` (a markdown table), ``bench.json`` (every number) and ``bench.png``
-(AP against whole-frame latency, one line per model across thread counts).
+(AP against whole-frame latency, one line per model across thread counts; needs matplotlib, which the
+device install leaves out).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -32,9 +34,7 @@ from devices.errors import ConfigError, require
 from devices.host import machine, package_version
 from devices.runner import BundleDetector
 from devices.timing import percentile, time_frame
-from toolkit.data.images import load_image
-from toolkit.data.sets import evenly_spaced
-from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
+from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate, load_image
 from toolkit.evaluate.results import EvalResult, fmt_ap
 
 log = logging.getLogger(__name__)
@@ -360,9 +360,11 @@ def _evaluation_set(
                 images_dir = images_dir if images_dir is not None else Path(coco_json).resolve().parent
             yield ann, Path(images_dir) if images_dir else None, f"{coco_json}", len(data["images"])
             return
+        # The bundled validation split needs the dataset readers (Pillow): the workstation install.
+        require("PIL", "train", "bench without --coco (it evaluates on the bundled validation split; on the "
+                "device pass --coco ANNOTATIONS.json --images DIR)")
         from models.base import TARGET_CLASSES
-        from toolkit.data.coco import to_coco
-        from toolkit.data.sets import default_splits
+        from toolkit.data import default_splits, evenly_spaced, to_coco
 
         _, val = default_splits(mirror=mirror)
         description = "default split, validation part (coco128, roadsign_kaggle_stop, roboflow_stop_signs)"
@@ -395,10 +397,13 @@ def _latency_photos(coco_json: Path, images_dir: Path | None) -> list[np.ndarray
 
 def _write(table: BenchTable, out: Path) -> BenchTable:
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "bench.md", "json": out / "bench.json", "png": out / "bench.png"}
+    files = {"markdown": out / "bench.md", "json": out / "bench.json"}
     files["markdown"].write_text(table.markdown(), encoding="utf-8")
     files["json"].write_text(json.dumps(table.to_dict(), indent=2) + "\n", encoding="utf-8")
-    plot(table, files["png"])
+    if importlib.util.find_spec("matplotlib") is not None:
+        files["png"] = plot(table, out / "bench.png")
+    else:
+        log.warning("matplotlib is not installed (the device install leaves it out): no bench.png")
     log.info("wrote %s", ", ".join(str(p) for p in files.values()))
     return dataclasses.replace(table, files=files)
 

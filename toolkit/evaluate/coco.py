@@ -99,7 +99,7 @@ def match_categories(labels: Sequence[str], categories: Iterable[dict[str, Any]]
 
 def _load_gt(coco_json: Path) -> Any:
     """Read the COCO json into a pycocotools COCO, filling fields COCOeval needs but files may omit."""
-    require("pycocotools", "train", "COCO evaluation")
+    require("pycocotools", "device", "COCO evaluation")
     from pycocotools.coco import COCO
 
     try:
@@ -155,6 +155,16 @@ def load_image(path: Path, width: int | None = None, height: int | None = None) 
     )
 
 
+def _progress(img_ids: list[int]) -> Iterable[int]:
+    """A progress bar over the images when tqdm is installed (the device install may not have it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        log.info("evaluating %d images (install tqdm for a progress bar)", len(img_ids))
+        return img_ids
+    return tqdm(img_ids, desc="evaluate", unit="img")
+
+
 def _run_detector(
     detector: Detector, gt: Any, images_dir: Path | None, coco_json: Path, matched: dict[int, dict], progress: bool
 ) -> tuple[list[dict], list[float], dict[int, int]]:
@@ -165,7 +175,7 @@ def _run_detector(
     img_ids = sorted(gt.getImgIds())
     iterator: Iterable[int] = img_ids
     if progress:
-        iterator = require("tqdm", "train", "the progress bar").tqdm(img_ids, desc="evaluate", unit="img")
+        iterator = _progress(img_ids)
     lowest = math.inf
     for img_id in iterator:
         info = gt.imgs[img_id]

@@ -9,7 +9,7 @@ import cv2
 
 from devices.draw import draw_detections
 from devices.types import Detections
-from toolkit.data.images import load_image
+from toolkit.evaluate.coco import load_image
 from toolkit.evaluate.detector import load_detector
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}

@@ -39,7 +39,7 @@ from toolkit.data.coco import to_coco
 from toolkit.data.sets import default_splits
 from toolkit.data.videos import VIDEOS, video_frames
 from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
-from toolkit.evaluate.detector import TorchDetector
+from toolkit.evaluate.torch_detector import TorchDetector
 from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import pseudo_people, teacher_rows
