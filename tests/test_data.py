@@ -397,6 +397,22 @@ def test_read_coco_errors_name_the_file(tmp_path: Path) -> None:
         read_coco(path, tmp_path / "imgs", None, "fixture")
 
 
+@pytest.mark.parametrize("bbox", [[10, 5, -20, 20], [10, 5, 20, 0]])
+def test_read_coco_refuses_a_box_without_width_or_height_naming_the_annotation(tmp_path: Path, bbox) -> None:
+    anns = [{"id": 41, "image_id": 7, "category_id": 1, "bbox": bbox, "iscrowd": 0}]
+    with pytest.raises(DataError, match=r"ann\.json: annotation id 41 \(image p1\.jpg\): box .* non-positive"):
+        read_coco(_coco_json(tmp_path, annotations=anns), tmp_path / "imgs", None, "fixture")
+
+
+@pytest.mark.parametrize("box", [(30, 5, 10, 25), (10, 25, 30, 25)])
+def test_read_voc_refuses_a_box_without_width_or_height_naming_the_object(tmp_path: Path, box) -> None:
+    text = _voc_xml("r1.jpg", (64, 48), [("stop", (10, 5, 30, 25)), ("stop", box)])
+    images, ann = _voc_set(tmp_path, text)
+    second_object = [i for i, ln in enumerate(text.splitlines(), 1) if "<object>" in ln][1]
+    with pytest.raises(DataError, match=rf"r1\.xml:{second_object}: box .* non-positive width or height"):
+        read_voc(images, ann, None, "fixture")
+
+
 # ---------------------------------------------------------------------------------- image decoding
 
 

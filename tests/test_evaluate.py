@@ -257,3 +257,14 @@ def test_draw_scales_line_width_with_the_image() -> None:
         return int((row == class_colour(0)).all(1).sum())
 
     assert edge_width(2000) > 2 * edge_width(300)
+
+
+@pytest.mark.parametrize("bbox", [[40, 50, -60, 120], [40, 50, 60, 0], [40, 50, "60", 120], [40, 50, 60]])
+def test_a_box_without_positive_width_and_height_is_refused_naming_the_annotation(tmp_path: Path, bbox) -> None:
+    coco_json = _write_dataset(tmp_path)
+    data = json.loads(coco_json.read_text())
+    data["annotations"][2]["bbox"] = bbox
+    coco_json.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances\.json: annotation id 3 \(image_id 205\): bbox") as exc:
+        evaluate(_detector(_perfect()), coco_json, tmp_path, LABELS)
+    assert "fix" in str(exc.value)
