@@ -45,11 +45,25 @@ def eval_cmd(ctx: click.Context, model_ref: str, coco_json: Path, images_dir: Pa
 @click.option("--score", type=float, default=0.3, show_default=True, help="Draw detections above this score.")
 @click.pass_context
 def predict(ctx: click.Context, model_ref: str, inputs: tuple[Path, ...], out_dir: Path, score: float) -> None:
-    """Draw labelled boxes on images (files or folders) into --out."""
+    """Draw labelled boxes on images (files or folders) into --out.
+
+    An unreadable image is reported and skipped; the command exits non-zero at the end, naming them all.
+    """
+    from devices.errors import DataError
     from toolkit.evaluate.predict import predict_images
 
-    for path, dets in predict_images(model_ref, inputs, out_dir, score, mirror=ctx.obj["mirror"]):
-        click.echo(f"{path}: {len(dets)} detections")
+    skipped = []
+    for p in predict_images(model_ref, inputs, out_dir, score, mirror=ctx.obj["mirror"]):
+        if p.error is None:
+            click.echo(f"{p.written}: {len(p.detections)} detections")
+        else:
+            click.echo(f"{p.source}: skipped, {p.error}", err=True)
+            skipped.append(str(p.source))
+    if skipped:
+        raise DataError(
+            f"{len(skipped)} image(s) could not be read and were skipped: {', '.join(skipped)}",
+            f"re-export or remove them; every other image was written to {out_dir}",
+        )
 
 
 @cli.command("bench")
