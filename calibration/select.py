@@ -23,6 +23,9 @@ from devices.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
+#: Fewest calibration images accepted by default: a few dozen images give unstable activation ranges.
+MIN_CALIBRATION_IMAGES = 100
+
 #: Stratum of the images that contain no labelled object.
 NEGATIVE = -1
 
@@ -69,7 +72,7 @@ def select_calibration(
     samples: Iterable[LabelledImage],
     count: int = 300,
     seed: int = 0,
-    min_count: int = 100,
+    min_count: int = MIN_CALIBRATION_IMAGES,
     allow_few: bool = False,
     balance: bool = False,
 ) -> CalibrationSet:

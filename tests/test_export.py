@@ -248,6 +248,23 @@ def test_cli_export_wants_format_and_precision_or_all(checkpoint: Path, tmp_path
     assert run.exit_code == 2 and "pass --format and --precision, or --all" in run.output
 
 
+@pytest.mark.parametrize("how", [["--format", "onnx", "--precision", "int8"], ["--all"]])
+def test_too_few_calibration_images_are_refused_before_any_work_naming_the_flag(tmp_path: Path, how) -> None:
+    from click.testing import CliRunner
+
+    from devices.errors import CalibrationError
+    from toolkit.cli import cli
+
+    # Not a checkpoint at all: the refusal must come before the checkpoint is even read.
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not read")
+    out = tmp_path / "bundles"
+    run = CliRunner().invoke(cli, ["export", str(checkpoint), *how, "--calibration-images", "3", "--out", str(out)])
+    assert isinstance(run.exception, CalibrationError)
+    assert "--calibration-images 3" in str(run.exception) and "--allow-few-calibration" in run.exception.fix
+    assert not out.exists()
+
+
 def test_int8_tries_run_fastest_first_and_stop_at_the_first_that_passes(monkeypatch, tmp_path: Path) -> None:
     """The ladder itself, with the quantizer and the gate replaced: which tries run, what the manifest keeps."""
     import toolkit.export.stages as ex

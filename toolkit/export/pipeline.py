@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Literal
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL
-from calibration.select import CalibrationSet
+from calibration.select import MIN_CALIBRATION_IMAGES, CalibrationSet
 from devices.bundle import (
     MANIFEST_FILE,
     REPORT_FILE,
     write_manifest,
 )
-from devices.errors import ConfigError, require
+from devices.errors import CalibrationError, ConfigError, require
 from devices.host import machine
 from toolkit.data.coco import to_coco
 from toolkit.data.images import load_image
@@ -111,6 +111,8 @@ def export(
     """
     _check_choice("format", fmt, ("tflite", "onnx"))
     _check_choice("precision", precision, ("fp32", "int8"))
+    if precision == "int8" and calibration_set is None:
+        _check_calibration_count(calibration_count, allow_few)
     out = Path(out)
     _check_destination(out)
     with _run_context(checkpoint, out.parent, mirror, val_limit) as run:
@@ -154,6 +156,8 @@ def export_all(
     """
     for fmt in formats:
         _check_choice("format", fmt, ("tflite", "onnx"))
+    if calibration_set is None:
+        _check_calibration_count(calibration_count, allow_few)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     with _run_context(checkpoint, out_root, mirror, val_limit) as run:
@@ -327,6 +331,17 @@ def _publish(staged: Path, dest: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_calibration_count(count: int, allow_few: bool) -> None:
+    """Refuse too few calibration images before any slow work (checked again on the images really found)."""
+    if count < MIN_CALIBRATION_IMAGES and not allow_few:
+        raise CalibrationError(
+            f"--calibration-images {count} is below the {MIN_CALIBRATION_IMAGES} images that give stable INT8 "
+            "activation ranges",
+            "calibrate on more images (the default is 300), or pass --allow-few-calibration for a quick "
+            "experiment (allow_few=True in Python)",
+        )
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

@@ -31,7 +31,7 @@ from devices.bundle import (
     write_labels,
     write_manifest,
 )
-from devices.errors import ConfigError, ModelFileError, require
+from devices.errors import CalibrationError, ConfigError, ModelFileError, require
 from devices.host import package_version
 from devices.processing import preprocess
 from devices.runner import BundleDetector
@@ -246,7 +246,14 @@ def _new_stage(run: Run, fmt: str, precision: str) -> Staged:
 
 def draw_calibration(run: Run, count: int, allow_few: bool) -> CalibrationSet:
     with run.timed("calibration set"):
-        return select_calibration(run.train, count=count, allow_few=allow_few)
+        try:
+            return select_calibration(run.train, count=count, allow_few=allow_few)
+        except CalibrationError as exc:
+            raise CalibrationError(
+                exc.problem,
+                "add training images (train --data), or pass --allow-few-calibration for a quick experiment "
+                "(allow_few=True in Python)",
+            ) from exc
 
 
 def _parity(run: Run, staged: Staged) -> dict[str, Any]:
