@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -479,7 +480,12 @@ def test_to_coco_round_trips_through_pycocotools(tmp_path: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(path))
     assert [c["name"] for c in gt.loadCats(gt.getCatIds())] == list(TARGET_CLASSES)
-    assert Path(gt.imgs[1]["file_name"]) == samples[0].image_path.resolve()
+    # Relative to the json's folder, which evaluation resolves it against; readable as any file the user writes.
+    assert not Path(gt.imgs[1]["file_name"]).is_absolute()
+    assert (path.parent / gt.imgs[1]["file_name"]).resolve() == samples[0].image_path.resolve()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     ann = gt.loadAnns(gt.getAnnIds(imgIds=[1], catIds=[STOP + 1]))[0]
     assert ann["bbox"] == [10, 10, 50, 60] and ann["area"] == 3000 and ann["iscrowd"] == 0
 

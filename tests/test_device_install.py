@@ -70,7 +70,7 @@ def test_predict_and_bench_of_a_bundle_run_on_the_device(
     device_bin: Path, test_bundles: Path, photos: Path, tmp_path: Path
 ) -> None:
     bundle = str(test_bundles / "yolox-nano-tflite-int8")
-    files = [img["file_name"] for img in json.loads(photos.read_text())["images"]][:2]
+    files = [str(photos.parent / img["file_name"]) for img in json.loads(photos.read_text())["images"]][:2]
     run = _device(device_bin, "predict", bundle, *files, "--out", str(tmp_path / "annotated"))
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == sorted(f"{Path(f).stem}.jpg" for f in files)

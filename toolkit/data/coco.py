@@ -173,10 +173,11 @@ def read_coco(
 def to_coco(samples: Sequence[Sample], path: str | os.PathLike, class_names: Sequence[str] = TARGET_CLASSES) -> Path:
     """Write samples as a COCO instances json, so any split evaluates through pycocotools.
 
-    Layout: image ``id`` is the sample's position + 1; ``file_name`` is the image's absolute path
-    (the json is a working file of one run, read from any directory; evaluation resolves an absolute
-    ``file_name`` as is); ``category_id`` is label + 1, named after ``class_names``; ``bbox`` is
-    ``[x, y, w, h]`` pixels with ``area = w * h`` (no masks) and ``iscrowd = 0``.
+    Layout: image ``id`` is the sample's position + 1; ``file_name`` is the image's path relative to the
+    json's folder (evaluation resolves a relative ``file_name`` against it, so the file reads the same from
+    any working directory and names no absolute path); ``category_id`` is label + 1, named after
+    ``class_names``; ``bbox`` is ``[x, y, w, h]`` pixels with ``area = w * h`` (no masks) and ``iscrowd = 0``.
+    The file gets the permissions of any file the user writes (0644 under umask 022).
 
     Returns:
         The path written.
@@ -185,12 +186,13 @@ def to_coco(samples: Sequence[Sample], path: str | os.PathLike, class_names: Seq
         ConfigError: A sample has a label outside ``class_names``.
     """
     path = Path(path)
+    root = path.parent.resolve()
     images, annotations = [], []
     for image_id, sample in enumerate(samples, start=1):
         images.append(
             {
                 "id": image_id,
-                "file_name": str(Path(sample.image_path).resolve()),
+                "file_name": os.path.relpath(Path(sample.image_path).resolve(), root),
                 "width": int(sample.width),
                 "height": int(sample.height),
             }
@@ -219,8 +221,12 @@ def to_coco(samples: Sequence[Sample], path: str | os.PathLike, class_names: Seq
         "categories": [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(class_names)],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a reader never sees half a file.
+    # Write then rename: a reader never sees half a file. The temporary file is created 0600; the json is not
+    # a secret, so it gets the mode the umask gives any new file.
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
         json.dump(data, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)
     os.replace(tmp.name, path)
     return path
