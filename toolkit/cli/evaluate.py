@@ -25,8 +25,15 @@ def eval_cmd(ctx: click.Context, model_ref: str, coco_json: Path, images_dir: Pa
              save_predictions: Path | None, pr_curve: Path | None, as_json: bool) -> None:
     """AP@0.5 and AP@[.5:.95] per class of MODEL_REF on a COCO json.
 
-    MODEL_REF is a checkpoint (best.pt), a registered model name for the zero-shot COCO model
-    (yolox-nano, fastestdet), or 'hog' for OpenCV's HOG people detector.
+    MODEL_REF is one of:
+
+    \b
+      BUNDLE_DIR   a bundle folder (edgesight export), run by its device runtime as on the board
+      best.pt      a checkpoint of edgesight train
+      yolox-nano   a registered model name: the zero-shot COCO model (see edgesight train --help)
+      hog          OpenCV's HOG people detector, the classical baseline
+
+    On the device install (no torch) only a bundle folder and 'hog' run.
     """
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
     from toolkit.evaluate.detector import load_detector
@@ -47,7 +54,10 @@ def eval_cmd(ctx: click.Context, model_ref: str, coco_json: Path, images_dir: Pa
 def predict(ctx: click.Context, model_ref: str, inputs: tuple[Path, ...], out_dir: Path, score: float) -> None:
     """Draw labelled boxes on images (files or folders) into --out.
 
-    An unreadable image is reported and skipped; the command exits non-zero at the end, naming them all.
+    MODEL_REF is what eval takes: a bundle folder (edgesight export), a checkpoint (best.pt), a registered
+    model name (yolox-nano, fastestdet: the zero-shot COCO model) or 'hog'; on the device install a bundle
+    folder or 'hog'. An unreadable image is reported and skipped; the command exits non-zero at the end,
+    naming them all.
     """
     from devices.errors import DataError
     from toolkit.evaluate.predict import predict_images

@@ -13,13 +13,6 @@ from devices.bundle import MANIFEST_FILE
 from devices.detector import Detector
 from devices.errors import ConfigError, MissingDependencyError
 
-#: What MODEL_REF can be, for the commands' help.
-MODEL_REF_HELP = (
-    "MODEL_REF is a bundle folder (edgesight export; runs through its device runtime, as on the board), "
-    "a checkpoint (best.pt), a registered model name for the zero-shot COCO model (yolox-nano, fastestdet), "
-    "or 'hog' for OpenCV's HOG people detector. Checkpoints and model names need the workstation install."
-)
-
 
 def load_detector(ref: str, score_threshold: float | None = None, mirror: str | None = None) -> Detector:
     """Build a detector from a bundle folder, a checkpoint, a registered model name (zero-shot), or 'hog'.
