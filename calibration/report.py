@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 
 from calibration.select import CalibrationSet
-from models.base import TARGET_CLASSES
+from devices.host import package_version
 
 
 def calibration_report(
     calibration_set: CalibrationSet,
     method: str,
     converter: str,
-    class_names: Sequence[str] = TARGET_CLASSES,
+    class_names: Sequence[str],
 ) -> dict:
     """A JSON-ready record of the calibration for the bundle manifest.
 
@@ -40,12 +39,5 @@ def calibration_report(
         "seed": calibration_set.seed,
         "method": method,
         "converter": converter,
-        "converter_version": _version(converter),
+        "converter_version": package_version(converter),
     }
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None

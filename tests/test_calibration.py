@@ -142,7 +142,7 @@ def test_report_for_the_manifest(train_samples: list) -> None:
     import onnxruntime
 
     chosen = select_calibration(train_samples, count=60, min_count=50)
-    report = calibration_report(chosen, "mse", "onnxruntime")
+    report = calibration_report(chosen, "mse", "onnxruntime", ("pedestrian", "stop_sign"))
     assert report["count"] == 60 and report["sha256"] == chosen.sha256
     assert report["images_per_class"] == {"pedestrian": chosen.class_counts[0], "stop_sign": chosen.class_counts[1]}
     assert report["negatives"] == chosen.negatives and report["method"] == "mse"
@@ -152,10 +152,11 @@ def test_report_for_the_manifest(train_samples: list) -> None:
 # --- reader -------------------------------------------------------------------------------------------------
 
 
-def test_reader_tensors_are_the_inference_tensors(mirror: Path) -> None:
+def test_reader_tensors_are_what_the_device_feeds_the_model(mirror: Path) -> None:
     from toolkit.data.images import load_image
 
-    # An RGBA PNG, a JPEG and a stretched Roboflow JPEG: what the device would compute for each.
+    # An RGBA PNG and a JPEG decoded by the training loader (Pillow), against what the device computes from the
+    # same file read by OpenCV (BundleDetector.prepare): calibration must see the tensors the model will see.
     paths = [
         mirror / "datasets/roadsign_kaggle_stop/images/road160.png",
         mirror / "datasets/coco128/images/train2017/000000000009.jpg",
@@ -163,17 +164,19 @@ def test_reader_tensors_are_the_inference_tensors(mirror: Path) -> None:
     items = [Item(p, np.zeros(0, np.int64)) for p in paths]
     chosen = select_calibration(items, allow_few=True)
     for spec in (YOLOX_INPUT, FASTESTDET_INPUT):
-        tensors = list(iter_tensors(chosen, spec))
+        tensors = list(iter_tensors(chosen, spec, load_image))
         assert len(tensors) == len(chosen)
         for path, tensor in zip(chosen.paths, tensors, strict=True):
-            np.testing.assert_array_equal(tensor, preprocess(load_image(path), spec)[0])
+            np.testing.assert_array_equal(tensor, preprocess(cv2.imread(str(path)), spec)[0])
 
 
 def test_ort_reader_feeds_the_named_input_then_stops(mirror: Path) -> None:
     from onnxruntime.quantization import CalibrationDataReader
 
     items = [Item(mirror / "datasets/coco128/images/train2017/000000000009.jpg", np.zeros(0, np.int64))]
-    reader = ort_calibration_reader(select_calibration(items, allow_few=True), YOLOX_INPUT, input_name="images")
+    reader = ort_calibration_reader(
+        select_calibration(items, allow_few=True), YOLOX_INPUT, lambda p: cv2.imread(str(p)), input_name="images"
+    )
     assert isinstance(reader, CalibrationDataReader) and len(reader) == 1
     first = reader.get_next()
     assert list(first) == ["images"] and first["images"].shape == (1, 3, 416, 416)

@@ -39,6 +39,7 @@ products (VNNI, ARM dotprod) and on TensorRT.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -51,11 +52,13 @@ from typing import Any, Literal
 import numpy as np
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL, ChannelMoments
-from calibration.reader import iter_tensors
+from calibration.reader import ImageLoader, iter_tensors
 from calibration.report import calibration_report
 from calibration.select import CalibrationSet
 from devices.errors import CalibrationError, ConfigError, EdgesightError, ModelFileError, require
 from devices.types import InputSpec
+from models.base import TARGET_CLASSES
+from toolkit.data import images
 from toolkit.export.onnx import (
     MIN_PER_CHANNEL_OPSET,
     cpu_session,
@@ -146,6 +149,8 @@ def quantize_onnx_int8(
     keep_tail_fp32: bool = True,
     max_noise_to_signal: float | None = MAX_NOISE_TO_SIGNAL,
     nodes_to_exclude: Sequence[str] = (),
+    load_image: ImageLoader = images.load_image,
+    class_names: Sequence[str] = TARGET_CLASSES,
 ) -> QuantizeResult:
     """Quantize an fp32 ONNX model to INT8 QDQ (U8S8) with ranges from real calibration images.
 
@@ -164,6 +169,8 @@ def quantize_onnx_int8(
             channels' variance (``noise_to_signal``) stay float, with the nodes that produce and read
             them. ``None`` quantizes every activation.
         nodes_to_exclude: More node names to leave in fp32.
+        load_image: Decodes a calibration image as BGR uint8 (the training decoder by default).
+        class_names: Names of the class indices, for the calibration report.
 
     Returns:
         The quantized file and the recipe.
@@ -191,7 +198,8 @@ def quantize_onnx_int8(
 
         # Activation ranges from the calibration images, handed to ORT as a MinMax calibration cache.
         moments: dict[str, ChannelMoments] | None = {} if max_noise_to_signal is not None else None
-        ranges = activation_ranges(source, lambda: iter_tensors(calibration_set, input_spec), method, moments)
+        tensors = functools.partial(iter_tensors, calibration_set, input_spec, load_image)
+        ranges = activation_ranges(source, tensors, method, moments)
         cache = Path(tmp) / "ranges.json"
         _write_cache(quantization, ranges, cache)
 
@@ -220,7 +228,7 @@ def quantize_onnx_int8(
         )
 
     # The quantized file must load and run before anyone bundles it.
-    first = next(iter_tensors(calibration_set, input_spec))
+    first = next(iter_tensors(calibration_set, input_spec, load_image))
     try:
         run_session(cpu_session(str(out_path)), first)
     except Exception as exc:
@@ -238,7 +246,7 @@ def quantize_onnx_int8(
         method=method,
         excluded_nodes=excluded,
         float_activations=tuple(noisy),
-        calibration=calibration_report(calibration_set, method, "onnxruntime"),
+        calibration=calibration_report(calibration_set, method, "onnxruntime", class_names),
     )
     log.info(
         "quantized %s -> %s (%s, %d noisy activations and %d nodes kept fp32)",

@@ -36,6 +36,7 @@ from devices.host import package_version
 from devices.processing import preprocess
 from devices.runner import BundleDetector
 from devices.timing import percentile, time_frame
+from toolkit.data.images import load_image
 from toolkit.data.sample import Sample
 from toolkit.evaluate.coco import EVAL_SCORE_THRESHOLD, evaluate
 from toolkit.evaluate.results import EvalResult, fmt_ap
@@ -184,6 +185,7 @@ def stage_int8(
                 spec,
                 max_noise_to_signal=max_noise_to_signal,
                 reduce_range=reduce_range,
+                class_names=run.model.spec.labels,
             )
             recipe = result.manifest()
             calibration = dict(result.calibration)
@@ -194,7 +196,7 @@ def stage_int8(
             tflite = export_tflite_int8(
                 run.model,
                 staged.model_path,
-                iter_tensors(cal, spec),
+                iter_tensors(cal, spec, load_image),
                 float_model=fp32.model_path,
                 max_noise_to_signal=max_noise_to_signal,
             )
@@ -204,7 +206,9 @@ def stage_int8(
                 op_counts=tflite.op_counts,
                 float_activations=list(tflite.float_activations),
             )
-            calibration = calibration_report(cal, "min/max, moving average (static_wi8_ai8)", "ai-edge-quantizer")
+            calibration = calibration_report(
+                cal, "min/max, moving average (static_wi8_ai8)", "ai-edge-quantizer", run.model.spec.labels
+            )
             input_spec = dataclasses.replace(
                 staged.manifest.input,
                 dtype=tflite.input_dtype,

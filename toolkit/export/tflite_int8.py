@@ -127,7 +127,7 @@ def export_tflite_int8(
         path: Destination ``.tflite`` file (parent folders are created).
         calibration_tensors: Float input tensors exactly as the model takes them after
             ``devices.processing.preprocess`` (NCHW (1, 3, H, W); NHWC (1, H, W, 3) is accepted too),
-            e.g. ``calibration.reader.iter_tensors(calibration_set, model.spec.input)``.
+            e.g. ``calibration.reader.iter_tensors(calibration_set, model.spec.input, load_image)``.
         float_model: An existing float32 export of this very model (``export_tflite_fp32``), to skip
             converting it again.
         keep_float: Regex over TFLite op scopes (output tensor names, which carry the PyTorch module
