@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 MIRROR_REASON = "EDGESIGHT_MIRROR is not set (point it at ../shared to run tests on real weights and data)"
@@ -20,6 +21,18 @@ TEST_BUNDLES = Path(os.environ.get("EDGESIGHT_TEST_BUNDLES", REPO / "runs" / "te
 TEST_WHEELHOUSES = Path(os.environ.get("EDGESIGHT_TEST_WHEELHOUSES", REPO / "runs" / "wheelhouse"))
 #: The device install without torch (`make device-venv`); daemon tests run `edgesight` from it.
 DEVICE_VENV = REPO / ".venv-device"
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every xyxy box in ``a`` (N, 4) with every one in ``b`` (M, 4): an (N, M) array.
+
+    The tests' own, written apart from the product's NMS and tracker so that they check them, not copy them.
+    """
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clip(0).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def _mirror() -> Path | None:

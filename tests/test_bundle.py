@@ -175,9 +175,13 @@ def test_detector_refuses_a_manifest_written_for_another_input(bundle) -> None:
 def test_closed_detector_says_how_to_use_it(bundle, photos) -> None:
     folder, _ = bundle
     detector = BundleDetector(folder, threads=1)
+    before = detector(photos[0])
     detector.close()
     with pytest.raises(RuntimeError, match="closed"):
         detector(photos[0])
     detector.open()
-    assert len(detector(photos[0])) >= 0
+    after = detector(photos[0])  # reopened, the same file gives the same answer
+    np.testing.assert_array_equal(after.boxes, before.boxes)
+    np.testing.assert_array_equal(after.class_ids, before.class_ids)
+    assert len(after) > 0
     detector.close()

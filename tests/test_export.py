@@ -190,7 +190,8 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(checkpoint, t
 
 @pytest.mark.slow
 def test_export_all_tflite_writes_fp32_and_int8_with_gate_and_latency(checkpoint, mirror: Path, tmp_path: Path) -> None:
-    # A generous limit: 16 images give noisy AP; the gate's arithmetic is what is checked here.
+    # A generous limit: 16 images give noisy AP, so whether the file passes is not the point here; the gate's
+    # arithmetic on the two files' own measurements is.
     report = export_all(
         checkpoint,
         tmp_path,
@@ -214,9 +215,20 @@ def test_export_all_tflite_writes_fp32_and_int8_with_gate_and_latency(checkpoint
     assert (int8.input.layout, int8.input.dtype) == ("NHWC", "int8")
     assert int8.input.quant_scale == pytest.approx(1 / 255, rel=1e-5) and int8.input.quant_zero_point == -128
     assert int8.calibration["count"] == 32 and len(int8.calibration["sha256"]) == 64
-    assert int8.gate["passed"] and {c["name"] for c in int8.gate["checks"]} == {"pedestrian", "stop_sign", "mean"}
-    assert int8.reference_accuracy.map == load_bundle(tmp_path / "fastestdet-tflite-fp32").manifest.accuracy.map
-    assert int8.latency["recommendation"] in ("fp32", "int8") and "fp32_model_ms" in int8.latency
+    fp32 = load_bundle(tmp_path / "fastestdet-tflite-fp32").manifest
+    assert int8.reference_accuracy == fp32.accuracy
+    fp32_ap = {c.name: c.ap for c in fp32.accuracy.classes} | {"mean": fp32.accuracy.map}
+    int8_ap = {c.name: c.ap for c in int8.accuracy.classes} | {"mean": int8.accuracy.map}
+    checks = {c["name"]: c for c in int8.gate["checks"]}
+    assert set(checks) == {"pedestrian", "stop_sign", "mean"}
+    for name, check in checks.items():
+        drop = (fp32_ap[name] - int8_ap[name]) * 100
+        assert check["drop_points"] == pytest.approx(drop, abs=1e-3)
+        assert check["passed"] == (drop <= 50.0)
+    assert int8.gate["passed"] == all(c["passed"] for c in checks.values())
+    # The report recommends INT8 only where it measured faster than fp32.
+    faster = int8.latency["model_ms"] < int8.latency["fp32_model_ms"]
+    assert int8.latency["recommendation"] == ("int8" if faster else "fp32")
     assert "INT8" in " ".join(int8.notes)
     # It runs on a real photo through LiteRT and finds something.
     with BundleDetector(tmp_path / "fastestdet-tflite-int8", threads=1, score_threshold=0.3) as detector:

@@ -15,6 +15,7 @@ from devices.backends.onnxrt import OnnxRuntimeBackend
 from devices.errors import CalibrationError, ConfigError, ModelFileError
 from devices.processing import postprocess, preprocess
 from devices.types import Detections
+from tests.conftest import box_iou
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -61,12 +62,6 @@ def detect(path: Path, spec, frames: list[np.ndarray]) -> list[Detections]:
     return out
 
 
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
 
 
 # --- fp32 ---------------------------------------------------------------------------------------------------
@@ -147,7 +142,7 @@ def test_int8_detections_agree_with_fp32(name: str, exported: dict, quantized: d
         best = int(np.argmax(ref.scores))
         same = got.select(got.class_ids == ref.class_ids[best])
         checked += 1
-        matched += bool(len(same) and iou(ref.boxes[best], same.boxes).max() > 0.5)
+        matched += bool(len(same) and box_iou(ref.boxes[best], same.boxes).max() > 0.5)
     assert checked >= 6
     assert matched >= 0.75 * checked, f"{name}: INT8 found {matched} of {checked} top fp32 detections"
 

@@ -23,6 +23,7 @@ from devices.types import Detections
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 from models import create_model  # noqa: E402
+from tests.conftest import box_iou  # noqa: E402
 from toolkit.export.tflite import export_tflite_fp32  # noqa: E402
 from toolkit.export.tflite_int8 import compact_tflite, export_tflite_int8  # noqa: E402
 
@@ -57,11 +58,6 @@ def nhwc(spec, backend: TfliteBackend):
     )
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod((rb - lt).clip(0), 2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], 1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def matched_fraction(reference: list[Detections], candidate: list[Detections], min_score: float = 0.5) -> float:

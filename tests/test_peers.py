@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from devices.errors import ModelFileError
+from tests.conftest import box_iou
 from toolkit.evaluate.peers import (
     PEERS,
     SSD_MOBILENETV2_FPNLITE,
@@ -39,11 +40,6 @@ def peers(mirror: Path) -> Iterator[dict[str, Peer]]:
         p.close()
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _stop_photo(mirror: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +67,7 @@ def test_peer_best_stop_sign_matches_the_real_sign(peers: dict[str, Peer], mirro
     signs = dets.select(dets.class_ids == 1)
     assert len(signs), f"{name} found no stop sign"
     best = signs.boxes[np.argmax(signs.scores)]
-    assert _iou(best, truth) > 0.5, f"{name}: best stop sign {best} vs ground truth {truth}"
+    assert box_iou(best, truth)[0, 0] > 0.5, f"{name}: best stop sign {best} vs ground truth {truth}"
 
 
 @pytest.mark.parametrize("name", [r.name for r in PEERS])
@@ -81,7 +77,7 @@ def test_peer_best_pedestrian_matches_the_real_person(peers: dict[str, Peer], mi
     people = dets.select(dets.class_ids == 0)
     assert len(people), f"{name} found no pedestrian"
     best = people.boxes[np.argmax(people.scores)]
-    assert _iou(best, truth) > 0.5, f"{name}: best pedestrian {best} vs ground truth {truth}"
+    assert box_iou(best, truth)[0, 0] > 0.5, f"{name}: best pedestrian {best} vs ground truth {truth}"
     # Our two labels only, in original pixels, above the threshold asked for.
     assert set(dets.class_ids.tolist()) <= {0, 1}
     assert dets.boxes[:, [0, 2]].max() <= img.shape[1] and dets.boxes[:, [1, 3]].max() <= img.shape[0]
@@ -129,6 +125,7 @@ def test_ssd_class_map_follows_its_label_file(mirror: Path) -> None:
 
 
 def test_yolox_peer_uses_the_model_records_file_and_preprocessing() -> None:
-    yolox = pytest.importorskip("models.yolox")
-    assert YOLOX_NANO.file == yolox.YOLOX_NANO_COCO.file
-    assert YOLOX_NANO.input == yolox.YOLOX_NANO_COCO.input
+    from models.yolox import YOLOX_NANO_COCO
+
+    assert YOLOX_NANO.file == YOLOX_NANO_COCO.file
+    assert YOLOX_NANO.input == YOLOX_NANO_COCO.input

@@ -16,6 +16,7 @@ from models import create_model
 from models.base import COCO_ROWS, TARGET_CLASSES
 from models.hub import resolve
 from models.yolox import YOLOX, YOLOX_NANO_COCO, BaseConv, import_onnx_weights, yolox_nano
+from tests.conftest import box_iou
 
 # Persons (COCO train), a stop sign next to a truck (COCO val), a street stop sign (Kaggle, RGBA PNG).
 PARITY_IMAGES = (
@@ -112,7 +113,7 @@ def test_two_class_model_finds_the_annotated_pedestrian(mirror: Path, target_mod
                    (people[:, 0] + people[:, 2] / 2) * w, (people[:, 1] + people[:, 3] / 2) * h], 1)  # fmt: skip
     ped = dets.select(dets.class_ids == TARGET_CLASSES.index("pedestrian"))
     assert len(ped) >= 1
-    assert _iou(ped.boxes, gt).max() > 0.5
+    assert box_iou(ped.boxes, gt).max() > 0.5
 
 
 def test_two_class_model_finds_a_street_stop_sign(mirror: Path, target_model: YOLOX) -> None:
@@ -123,12 +124,6 @@ def test_two_class_model_finds_a_street_stop_sign(mirror: Path, target_model: YO
     assert (dets.class_ids == TARGET_CLASSES.index("stop_sign")).any()
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clip(0).prod(-1)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def test_importer_refuses_truncated_file(onnx_file: Path, tmp_path: Path) -> None:
