@@ -17,8 +17,7 @@ from PIL import Image
 
 from devices.errors import ConfigError, DataError
 from models.base import COCO80, TARGET_CLASSES
-from toolkit.data import Sample
-from toolkit.data import sets as datasets
+from toolkit.data import Sample, fetch
 from toolkit.data.sets import (
     DATASETS,
     default_splits,
@@ -179,7 +178,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, payloads: dict[str
 
     monkeypatch.delenv("EDGESIGHT_MIRROR", raising=False)
     monkeypatch.setenv("EDGESIGHT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", fake_urlopen)
     return urls
 
 

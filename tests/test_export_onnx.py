@@ -189,7 +189,8 @@ def test_noise_to_signal_flags_a_tensor_whose_channels_differ_in_scale() -> None
     from onnx import TensorProto, helper
 
     from calibration.noise import MAX_NOISE_TO_SIGNAL
-    from toolkit.export.onnx_int8 import activation_ranges, noise_to_signal
+    from toolkit.export.onnx_int8 import noise_to_signal
+    from toolkit.export.onnx_ranges import activation_ranges
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])

@@ -25,7 +25,8 @@ pytest.importorskip("litert_torch")
 from models import create_model  # noqa: E402
 from tests.conftest import box_iou  # noqa: E402
 from toolkit.export.tflite import export_tflite_fp32  # noqa: E402
-from toolkit.export.tflite_int8 import compact_tflite, export_tflite_int8  # noqa: E402
+from toolkit.export.tflite_compact import compact_tflite  # noqa: E402
+from toolkit.export.tflite_int8 import export_tflite_int8  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TFLITE_VENV_PYTHON = REPO / ".venv-tflite" / "bin" / "python"

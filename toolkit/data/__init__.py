@@ -6,7 +6,7 @@ train and validation by original photo (what ``edgesight train``, ``export`` and
 - ``sample``: the ``Sample`` record, the class map and the box rules every reader applies;
 - ``images``: image files, their size from the header, decoding to BGR;
 - ``coco``, ``yolo``, ``voc``: one reader per annotation format (and the COCO writer);
-- ``sets``: the bundled datasets, where they come from, and the split;
+- ``sets``: the bundled datasets, where they come from, and the split; ``fetch`` downloads one without a mirror;
 - ``userdata``: the user's own set (``train --data PATH``), read by its layout;
 - ``videos``: unlabelled video frames for the teacher to label;
 - ``report``: what a set holds (``edgesight data``);

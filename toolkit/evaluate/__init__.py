@@ -4,9 +4,11 @@ Entry point: ``evaluate(detector, coco_json, images_dir, labels)`` -> ``EvalResu
 
 - ``coco``: COCO-standard evaluation (pycocotools), category matching by name, PR curves;
 - ``results``: ``EvalResult`` / ``ClassResult``, what an evaluation measured;
-- ``detector``: the PyTorch model as a detector, and ``load_detector`` (checkpoint, bundle, model name, hog);
+- ``detector``: ``load_detector``, what a MODEL_REF names (bundle, checkpoint, model name, hog);
+- ``torch_detector``: the PyTorch model as a detector (the workstation install);
 - ``predict``: annotated copies of photos (``edgesight predict``);
-- ``bench``: size, latency and AP of bundles, peers and HOG side by side (``edgesight bench``);
+- ``bench``: size, latency and AP of bundles, peers and HOG side by side (``edgesight bench``); ``bench_report``
+  its table and files;
 - ``peers``: stock COCO detectors (YOLOX-Nano, NanoDet-m, SSD MobileNetV2) as baselines;
 - ``hog``: OpenCV's HOG people detector, the classical floor.
 

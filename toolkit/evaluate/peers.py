@@ -12,6 +12,9 @@ Each peer is a ``Detector`` (BGR uint8 frame -> ``devices.types.Detections``, bo
 pixels) with our labels ``("pedestrian", "stop_sign")``: COCO ``person`` becomes class 0, ``stop sign``
 class 1, every other COCO class is dropped. Every file is checked against the sha256 recorded here
 (copied from the folder's ``SOURCE.txt``) before it is opened.
+
+Over 400 lines: each peer's record (file, hash, preprocessing) sits beside the decoder of its output
+format, one section per peer, so that what is compared can be read in one place.
 """
 
 from __future__ import annotations

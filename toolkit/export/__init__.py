@@ -5,8 +5,8 @@ Entry points: ``export(checkpoint, out, fmt, precision)`` and ``export_all(check
 
 - ``pipeline``: the order of the work, the staging folder, publishing the bundle;
 - ``stages``: one file through fp32 export, parity, INT8 tries, evaluation and timing;
-- ``onnx``, ``onnx_int8``: the ONNX fp32 file and its INT8 QDQ quantization;
-- ``tflite``, ``tflite_int8``: the TFLite fp32 file and its full-integer INT8 quantization;
+- ``onnx``, ``onnx_int8``, ``onnx_ranges``: the ONNX fp32 file, its INT8 QDQ quantization and activation ranges;
+- ``tflite``, ``tflite_int8``, ``tflite_compact``: the TFLite fp32 file, its INT8 quantization, the compaction;
 - ``gate``: INT8 against fp32, per class and in the mean;
 - ``report``: the export report and each bundle's REPORT.md;
 - ``licence``: the upstream weights' licence in every bundle.

@@ -81,3 +81,12 @@ def eval_mode(model: Any) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+def require_quantizer() -> Any:
+    try:
+        import ai_edge_quantizer.quantizer
+        import ai_edge_quantizer.recipe
+    except ImportError as exc:
+        raise MissingDependencyError("ai-edge-quantizer", "export", "INT8 TFLite export") from exc
+    return ai_edge_quantizer
