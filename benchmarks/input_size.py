@@ -1,6 +1,6 @@
 """Zero-shot AP of both pretrained models at several input sizes, on the validation split.
 
-Why the recipes train above the pretrained sizes (README "Input size"). FastestDet is run twice above its
+Why the recipes train above the pretrained sizes (docs/training.md, "Input size"). FastestDet is run twice above its
 352 size: with its box sizes read as fractions of 352 (``decode.size_basis``, what ``at_input_size`` does)
 and, to show why that is needed, as fractions of the actual input.
 

@@ -72,7 +72,7 @@ def at_input_size(spec: ModelSpec, size: int) -> ModelSpec:
 
     YOLOX boxes are in grid strides, so they hold at any size. FastestDet's width and height terms are
     fractions of the input it learned at; the returned spec keeps that size as ``decode.size_basis``.
-    Without it, the pretrained FastestDet run at 416 draws every box 18 % too large (README "Input size").
+    Without it, the pretrained FastestDet run at 416 draws every box 18 % too large (docs/training.md, "Input size").
 
     Raises:
         ConfigError: ``size`` is not a positive multiple of 32 (the coarsest feature stride).

@@ -15,3 +15,17 @@ def test_model_ref_help_names_every_kind_of_model(command: str) -> None:
     text = " ".join(run.output.split())
     for kind in ("bundle folder", "edgesight export", "best.pt", "yolox-nano", "hog", "device install"):
         assert kind in text, kind
+
+
+def test_help_names_every_stage_and_where_its_code_is() -> None:
+    """A newcomer finds any stage from `edgesight --help` in one hop: each command is in the stage table,
+    and each stage names a package that exists."""
+    from pathlib import Path
+
+    run = CliRunner().invoke(cli, ["--help"])
+    table = run.output.split("where their code is:")[1].split("Options:")[0]
+    named = set(table.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    assert set(cli.commands) - named == set(), "commands missing from the stage table in toolkit/cli/base.py"
+    root = Path(__file__).resolve().parents[1]
+    folders = [word for word in named if word.endswith("/")]
+    assert folders and all((root / folder).is_dir() for folder in folders)

@@ -24,7 +24,17 @@ from devices.errors import EdgesightError, MissingDependencyError
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
 def cli(ctx: click.Context, mirror: str | None, verbose: int) -> None:
-    """edgesight: fine-tune, quantize and deploy pedestrian and stop-sign detectors to edge devices."""
+    """edgesight: fine-tune, quantize and deploy pedestrian and stop-sign detectors to edge devices.
+
+    \b
+    The stages, in order, and where their code is:
+      data      the training photos             toolkit/data/
+      train     fine-tune -> best.pt            toolkit/train/
+      export    best.pt -> bundle (INT8 gate)   toolkit/export/
+      eval      AP of a bundle or checkpoint    toolkit/evaluate/  (also predict, bench)
+      run       the camera daemon on a board    devices/daemon/    (also config, demo, demo-clip)
+      deploy    bundles onto boards over SSH    toolkit/deploy/    (also wheelhouse)
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if mirror:
