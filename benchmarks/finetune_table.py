@@ -36,6 +36,7 @@ def main() -> None:
     from toolkit.evaluate import EVAL_SCORE_THRESHOLD, evaluate
     from toolkit.evaluate.hog import HogPeopleDetector
     from toolkit.evaluate.peers import load_peers
+    from toolkit.evaluate.results import fmt_ap
     from toolkit.evaluate.torch_detector import TorchDetector
 
     _, val = default_splits()
@@ -70,12 +71,8 @@ def main() -> None:
         res = evaluate(det, val_json, None, det.labels)
         results[name] = res.to_dict()
         per = {c.name: c for c in res.classes}
-
-        def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.3f}"
-
-        cells = [fmt(getattr(per[c], k)) if c in per else "n/a" for c in TARGET_CLASSES for k in ("ap", "ap50")]
-        rows.append(f"| {name} | {' | '.join(cells)} | {fmt(res.map)} | {res.median_ms:.1f} |")
+        cells = [fmt_ap(getattr(per[c], k)) if c in per else "n/a" for c in TARGET_CLASSES for k in ("ap", "ap50")]
+        rows.append(f"| {name} | {' | '.join(cells)} | {fmt_ap(res.map)} | {res.median_ms:.1f} |")
         print(rows[-1], flush=True)
     table = f"{header}\n" + "\n".join(rows) + f"\n\n{len(val)} validation images; AP = COCO AP@[.5:.95].\n"
     args.out.write_text(table)

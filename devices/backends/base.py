@@ -1,4 +1,4 @@
-"""What every backend reports about the tensors of its model file."""
+"""What every backend shares: the record of its model file's tensors, and the thread-count check."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from devices.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -37,3 +39,16 @@ class TensorDetails:
             scale=float(scale) if quantized else None,
             zero_point=int(zero_point) if quantized else None,
         )
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if it is a thread count (or None: let the runtime choose).
+
+    Raises:
+        ConfigError: Zero, a negative number, or not an integer.
+    """
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(
+            f"threads={threads!r} is not a thread count", "use a positive integer, or None for all cores"
+        )
+    return threads

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from devices.backends.base import TensorDetails
+from devices.backends.base import TensorDetails, check_threads
 from devices.errors import ConfigError, ModelFileError, require
 from devices.resource import Openable
 
@@ -95,12 +95,8 @@ class OnnxRuntimeBackend(Openable):
         threads: int | None = None,
         providers: Sequence[str] | None = None,
     ) -> None:
-        if threads is not None and threads < 1:
-            raise ConfigError(
-                f"threads={threads} is not a thread count", "use a positive integer, or None for all cores"
-            )
         self.path = Path(path)
-        self.threads = threads
+        self.threads = check_threads(threads)
         self._requested = tuple(providers) if providers is not None else None
         self._session: Any = None
         self._input_name = ""

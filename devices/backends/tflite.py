@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from devices.backends.base import TensorDetails
+from devices.backends.base import TensorDetails, check_threads
 from devices.errors import ConfigError, MissingDependencyError, ModelFileError
 from devices.resource import Openable
 
@@ -58,10 +58,7 @@ class TfliteBackend(Openable):
         threads: int | None = None,
         runtime: Literal["auto", "ai_edge_litert", "tflite_runtime"] = "auto",
     ) -> None:
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigError(
-                f"threads={threads!r} is not a thread count", "use a positive integer, or None for all cores"
-            )
+        check_threads(threads)
         if runtime != "auto" and runtime not in RUNTIMES:
             raise ConfigError(f"unknown TFLite runtime {runtime!r}", f"use 'auto' or one of {list(RUNTIMES)}")
         self.path = Path(path)

@@ -82,12 +82,10 @@ def _ap_table(rows: dict[str, dict]) -> str:
     """Markdown table of EvalResult dicts, one row per model."""
     lines = ["| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP |",
              "|---|---:|---:|---:|---:|---:|"]
-
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
+    from toolkit.evaluate.results import fmt_ap
 
     for name, metrics in rows.items():
         per = {c["name"]: c for c in metrics["classes"]}
-        cells = [fmt(per.get(cls, {}).get(key)) for cls in ("pedestrian", "stop_sign") for key in ("ap", "ap50")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {fmt(metrics['map'])} |")
+        cells = [fmt_ap(per.get(cls, {}).get(key)) for cls in ("pedestrian", "stop_sign") for key in ("ap", "ap50")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {fmt_ap(metrics['map'])} |")
     return "\n".join(lines)

@@ -19,9 +19,8 @@ from toolkit.data.sample import (
     ClassMap,
     DropTally,
     GroupFn,
+    ImageBoxes,
     Sample,
-    box_arrays,
-    check_box,
     path_group,
 )
 
@@ -53,8 +52,7 @@ def _coco_boxes(
     cmap: ClassMap,
     dropped: DropTally,
 ) -> tuple[np.ndarray, np.ndarray]:
-    boxes: list[list[float]] = []
-    labels: list[int] = []
+    kept = ImageBoxes(width, height, cmap, dropped)
     for ann in anns:
         where = f"{json_path}: annotation id {ann.get('id')} (image {image['file_name']})"
         category = categories.get(ann.get("category_id"))  # type: ignore[arg-type]
@@ -73,14 +71,8 @@ def _coco_boxes(
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError) as exc:
             raise DataError(f"{where}: bbox {bbox!r} has a non-number", "fix the bbox") from exc
-        checked = check_box([x, y, x + w, y + h], width, height, where, dropped)
-        target = cmap.index(category)
-        if target is None:
-            dropped.classes[category] += 1
-        elif checked is not None:
-            boxes.append(checked)
-            labels.append(target)
-    return box_arrays(boxes, labels)
+        kept.add([x, y, x + w, y + h], category, where)
+    return kept.arrays()
 
 
 def read_coco(

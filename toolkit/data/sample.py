@@ -188,6 +188,32 @@ def box_arrays(boxes: list[list[float]], labels: list[int]) -> tuple[np.ndarray,
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
 
 
+class ImageBoxes:
+    """The boxes of one image as a reader collects them, the same way in every format.
+
+    ``add`` checks a box (``check_box``: refused with the file and line or annotation id, clipped, or dropped
+    as a sliver) whatever its class, then keeps it under its target class, or counts its class as dropped.
+    """
+
+    def __init__(self, width: int, height: int, cmap: ClassMap, dropped: DropTally) -> None:
+        self.width, self.height, self.cmap, self.dropped = width, height, cmap, dropped
+        self.boxes: list[list[float]] = []
+        self.labels: list[int] = []
+
+    def add(self, box: Sequence[float], name: str, where: str) -> None:
+        checked = check_box(box, self.width, self.height, where, self.dropped)
+        target = self.cmap.index(name)
+        if target is None:
+            self.dropped.classes[name] += 1
+        elif checked is not None:
+            self.boxes.append(checked)
+            self.labels.append(target)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes float32 (N, 4), labels int64 (N,)) of the boxes kept."""
+        return box_arrays(self.boxes, self.labels)
+
+
 def path_group(source: str, root: Path) -> GroupFn:
     """Photos identified by ``<source>/<path under root without suffix>`` (the readers' default)."""
 

@@ -18,9 +18,8 @@ from toolkit.data.sample import (
     ClassMap,
     DropTally,
     GroupFn,
+    ImageBoxes,
     Sample,
-    box_arrays,
-    check_box,
     path_group,
     require_dir,
 )
@@ -100,8 +99,7 @@ def _read_voc_file(
                 f"{image_path.name} is {width}x{height}{rotated}",
                 "annotate the image at its real size, or fix <size>",
             )
-    boxes: list[list[float]] = []
-    labels: list[int] = []
+    kept = ImageBoxes(width, height, cmap, dropped)
     for obj in root.iter("object"):
         where = f"{xml_path}:{lines.get(id(obj), 0)}"
         name = (obj.findtext("name") or "").strip()
@@ -112,14 +110,8 @@ def _read_voc_file(
             _voc_number(bndbox, tag, f"{xml_path}:{lines.get(id(bndbox), 0)}")
             for tag in ("xmin", "ymin", "xmax", "ymax")
         ]
-        checked = check_box(box, width, height, where, dropped)
-        target = cmap.index(name)
-        if target is None:
-            dropped.classes[name] += 1
-        elif checked is not None:
-            boxes.append(checked)
-            labels.append(target)
-    return image_path, width, height, *box_arrays(boxes, labels)
+        kept.add(box, name, where)
+    return image_path, width, height, *kept.arrays()
 
 
 def read_voc(

@@ -17,9 +17,9 @@ from toolkit.data.sample import (
     ClassMap,
     DropTally,
     GroupFn,
+    ImageBoxes,
     Sample,
     box_arrays,
-    check_box,
     path_group,
     require_dir,
 )
@@ -58,8 +58,7 @@ def _parse_yolo_line(line: str, where: str, names: Sequence[str]) -> tuple[int, 
 def _read_yolo_file(
     label_path: Path, width: int, height: int, names: Sequence[str], cmap: ClassMap, dropped: DropTally
 ) -> tuple[np.ndarray, np.ndarray]:
-    boxes: list[list[float]] = []
-    labels: list[int] = []
+    kept = ImageBoxes(width, height, cmap, dropped)
     try:
         text = label_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -70,14 +69,8 @@ def _read_yolo_file(
         where = f"{label_path}:{lineno}"
         cls, cx, cy, w, h = _parse_yolo_line(line, where, names)
         box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-        checked = check_box(box, width, height, where, dropped)
-        target = cmap.index(names[cls])
-        if target is None:
-            dropped.classes[names[cls]] += 1
-        elif checked is not None:
-            boxes.append(checked)
-            labels.append(target)
-    return box_arrays(boxes, labels)
+        kept.add(box, names[cls], where)
+    return kept.arrays()
 
 
 def read_yolo(
