@@ -29,3 +29,17 @@ def test_help_names_every_stage_and_where_its_code_is() -> None:
     root = Path(__file__).resolve().parents[1]
     folders = [word for word in named if word.endswith("/")]
     assert folders and all((root / folder).is_dir() for folder in folders)
+
+
+@pytest.mark.parametrize("broken", ["mirror", "data"])
+def test_a_failed_train_leaves_no_run_folder(broken: str, mirror, tmp_path, monkeypatch) -> None:
+    from devices.errors import DataError
+
+    monkeypatch.setenv("EDGESIGHT_MIRROR", str(mirror))  # restored after the test; --mirror below changes it
+    (tmp_path / "empty").mkdir()
+    args = {"mirror": ["--mirror", str(tmp_path / "empty"), "train"],
+            "data": ["--mirror", str(mirror), "train", "--data", str(tmp_path / "empty")]}[broken]
+    run = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "run")])
+    assert isinstance(run.exception, DataError)
+    assert not (tmp_path / "run").exists()
+

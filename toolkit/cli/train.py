@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -63,7 +64,14 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     if model:
         fields["model"] = model
     config = recipe(**fields)
-    result = run_train(config, out_dir, mirror=ctx.obj["mirror"], resume=resume)
+    created = not out_dir.exists()
+    try:
+        result = run_train(config, out_dir, mirror=ctx.obj["mirror"], resume=resume)
+    except BaseException:
+        # A run that fails before its first checkpoint (no mirror, an unreadable --data) leaves no run folder.
+        if created and out_dir.is_dir() and not any(out_dir.glob("*.pt")):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     if result is None:
         return
     click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")
