@@ -43,3 +43,17 @@ def test_a_failed_train_leaves_no_run_folder(broken: str, mirror, tmp_path, monk
     assert isinstance(run.exception, DataError)
     assert not (tmp_path / "run").exists()
 
+
+@pytest.mark.slow
+def test_train_prints_each_epochs_validation_ap(mirror, tmp_path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    args = ["--model", "fastestdet", "--epochs", "1", "--batch-size", "2", "--max-train-images", "4",
+            "--max-val-images", "4", "--out", str(tmp_path / "run")]
+    run = subprocess.run([sys.executable, "-m", "toolkit", "--mirror", str(mirror), "train", *args],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"epoch 1: .*AP.*\(best", run.stderr), run.stderr[-3000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     if model:
         fields["model"] = model
     config = recipe(**fields)
+    # Each epoch's validation AP as it is measured, not only in summary.json at the end (the trainer logs it
+    # at INFO; -v shows the rest of its log too).
+    logging.getLogger("toolkit.train").setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     created = not out_dir.exists()
     try:
         result = run_train(config, out_dir, mirror=ctx.obj["mirror"], resume=resume)
