@@ -118,6 +118,8 @@ class Manifest:
         calibration: For INT8: what the model was calibrated on (``calibration.report``).
         quantization: For INT8: the quantization recipe.
         latency: Measured median latencies and the recommendation derived from them.
+        training: How the checkpoint was trained and at which input size it runs: the size chosen after
+            training, the candidates' accuracy and cost, and the gains per class against the zero-shot model.
         license: SPDX identifier, licence file name and upstream source of the weights.
         notes: Human-readable remarks (also in ``REPORT.md``).
     """
@@ -140,6 +142,7 @@ class Manifest:
     calibration: Mapping[str, Any] | None = None
     quantization: Mapping[str, Any] | None = None
     latency: Mapping[str, Any] | None = None
+    training: Mapping[str, Any] | None = None
     license: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
@@ -198,6 +201,7 @@ class Manifest:
                 calibration=data.get("calibration"),
                 quantization=data.get("quantization"),
                 latency=data.get("latency"),
+                training=data.get("training"),
                 license=data.get("license"),
                 notes=tuple(str(n) for n in data.get("notes", ())),
             )

@@ -340,7 +340,15 @@ def _reorder_class_rows(state: dict[str, torch.Tensor], rows: list[int]) -> dict
 
 
 # The classes share one softmax, so no class-score row stands alone (no class_rows_prefix).
-@register_model("fastestdet", weights=FASTESTDET_COCO, backbone_prefix="backbone.")
+@register_model(
+    "fastestdet",
+    weights=FASTESTDET_COCO,
+    backbone_prefix="backbone.",
+    # The pointwise projection (conv + batch norm) that ends each of the objectness, box and class branches.
+    output_prefixes=tuple(f"detect_head.{b}_layers.conv5x5.{i}." for b in ("obj", "reg", "cls") for i in (3, 4)),
+    head_prefix="detect_head.",
+    size_candidates=(416,),
+)
 def fastestdet(
     num_classes: int = len(TARGET_CLASSES),
     pretrained: bool | Literal["backbone"] = True,

@@ -6,7 +6,10 @@ about it (timm's rule: the registry is the only list):
 - ``weights``: the pretrained record: file, licence, categories, preprocessing and decode rule;
 - ``backbone_prefix``: parameter-name prefix of the feature extractor (frozen by default in training);
 - ``class_rows_prefix``: parameter-name prefix of the class-score layers, one row per class, when each
-  class has its own sigmoid (None when the classes share one softmax, so no row stands alone).
+  class has its own sigmoid (None when the classes share one softmax, so no row stands alone);
+- ``output_prefixes``: the head's last layers (box, objectness, class scores), what training adapts first;
+- ``head_prefix``: the whole detection head;
+- ``size_candidates``: input sizes a training run compares after training, besides the pretrained size.
 
 The score rule of each decode kind lives once, on the device side (``devices.processing.combine_scores``).
 """
@@ -33,6 +36,10 @@ class ModelEntry:
         weights: The pretrained record the factory loads.
         backbone_prefix: Parameter-name prefix of the feature extractor.
         class_rows_prefix: Parameter-name prefix of the per-class sigmoid score layers, or None.
+        output_prefixes: Parameter-name prefixes of the head's last box, objectness and class layers (empty: not
+            declared; training then adapts the whole head).
+        head_prefix: Parameter-name prefix of the detection head (empty: everything but the backbone).
+        size_candidates: Square input sizes compared after training besides the pretrained one.
     """
 
     name: str
@@ -40,20 +47,31 @@ class ModelEntry:
     weights: PretrainedWeights
     backbone_prefix: str
     class_rows_prefix: str | None = None
+    output_prefixes: tuple[str, ...] = ()
+    head_prefix: str = ""
+    size_candidates: tuple[int, ...] = ()
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, weights: PretrainedWeights, backbone_prefix: str, class_rows_prefix: str | None = None
+    name: str,
+    *,
+    weights: PretrainedWeights,
+    backbone_prefix: str,
+    class_rows_prefix: str | None = None,
+    output_prefixes: tuple[str, ...] = (),
+    head_prefix: str = "",
+    size_candidates: tuple[int, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering a model factory and its entry under ``name``; refuses duplicates."""
 
     def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
         if name in _MODELS:
             raise ValueError(f"model name '{name}' is already registered by {_MODELS[name].factory.__module__}")
-        _MODELS[name] = ModelEntry(name, factory, weights, backbone_prefix, class_rows_prefix)
+        _MODELS[name] = ModelEntry(name, factory, weights, backbone_prefix, class_rows_prefix, output_prefixes,
+                                   head_prefix, size_candidates)
         return factory
 
     return wrap

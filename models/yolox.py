@@ -492,7 +492,14 @@ def import_onnx_weights(model: YOLOX, onnx_path: str | os.PathLike, class_rows: 
 
 
 @register_model(
-    "yolox-nano", weights=YOLOX_NANO_COCO, backbone_prefix="backbone.backbone.", class_rows_prefix="head.cls_preds."
+    "yolox-nano",
+    weights=YOLOX_NANO_COCO,
+    backbone_prefix="backbone.backbone.",
+    class_rows_prefix="head.cls_preds.",
+    output_prefixes=("head.cls_preds.", "head.reg_preds.", "head.obj_preds."),
+    head_prefix="head.",
+    # 512 gains small COCO people and loses 5-7 points on close-up stop signs (docs/training.md "Input size").
+    size_candidates=(512,),
 )
 def yolox_nano(num_classes: int = 2, pretrained: bool = True, mirror: str | None = None) -> YOLOX:
     """YOLOX-Nano, 416x416 BGR 0-255 letterbox input.

@@ -68,7 +68,7 @@ def test_a_new_architecture_needs_nothing_but_its_entry(third_architecture, tmp_
     assert "tiny" in CliRunner().invoke(cli, ["train", "--help"]).output
     assert recipe(model="tiny").model == "tiny"
     with pytest.raises(ConfigError, match="one sigmoid per class"):
-        recipe(model="tiny", label_rows_only=True)  # its entry names no class-score rows
+        recipe(model="tiny", train_layers="class_rows")  # its entry names no class-score rows
     record = write_license(tmp_path, "tiny")
     assert record == {"spdx": "MIT", "file": "LICENSE", "source": "https://example.org/LICENSE"}
     assert (tmp_path / "LICENSE").read_text().startswith("Tiny is MIT-licensed by Example.\n")

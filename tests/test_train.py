@@ -1,4 +1,5 @@
-"""Fine-tuning on real photos: the loss goes down, both classes stay detectable, torchrun works."""
+"""Fine-tuning on real photos: the loss goes down, both classes stay detectable, torchrun works; the user's labels
+teach what they label and nothing else; best.pt and the input size are chosen per source and class."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from models import create_model
 from models.registry import model_entry
 from toolkit.data.images import load_image
 from toolkit.data.sets import default_splits
+from toolkit.evaluate.by_source import ImageMatches, Matches, average_precision
 from toolkit.evaluate.torch_detector import TorchDetector
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import teacher_rows
-from toolkit.train.loop import _freeze_norm, improves_on, lr_factor
+from toolkit.train.loop import _freeze_norm, lr_factor
 from toolkit.train.loss import detection_loss, read_dense
 
 
@@ -112,65 +114,165 @@ def test_torchrun_two_processes_on_cpu(mirror: Path, tmp_path: Path) -> None:
 def test_resume_continues_from_last_checkpoint(mirror: Path, tmp_path: Path) -> None:
     from toolkit.train import recipe, train
 
-    fields = {"model": "fastestdet", "batch_size": 2, "max_train_images": 4, "max_val_images": 3}
+    fields = {"model": "fastestdet", "imgsz": 352, "batch_size": 2, "max_train_images": 4, "max_val_images": 3}
     first = train(recipe(epochs=1, **fields), tmp_path, mirror=str(mirror), progress=False)
-    assert first is not None and [h["epoch"] for h in json.loads((tmp_path / "summary.json").read_text())
-                                  ["history"]] == [1]
+    assert first is not None and [h["epoch"] for h in first.summary["history"]] == [1]
     second = train(recipe(epochs=2, **fields), tmp_path, mirror=str(mirror), resume=tmp_path / "last.pt",
                    progress=False)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [h["epoch"] for h in summary["history"]] == [1, 2]
-    assert second is not None and second.zero_shot["map"] == first.zero_shot["map"]
+    assert second is not None and [h["epoch"] for h in second.summary["history"]] == [1, 2]
+    assert second.summary["zero_shot"] == first.summary["zero_shot"]
 
 
-def _metrics(pedestrian: float, stop_sign: float) -> dict:
-    return {"map": (pedestrian + stop_sign) / 2,
-            "classes": [{"name": "pedestrian", "ap": pedestrian}, {"name": "stop_sign", "ap": stop_sign}]}
+def _image(k: int, boxes: int = 1) -> ImageMatches:
+    """One photo whose single detection matches its box at the first ``k`` of the 10 IoU thresholds: AP k/10."""
+    matched = np.zeros((10, 1), bool)
+    matched[:k] = True
+    return ImageMatches(np.array([0.9]), matched, np.zeros((10, 1), bool), boxes)
 
 
-def test_best_checkpoint_never_trades_one_class_for_the_other() -> None:
-    zero = _metrics(0.30, 0.70)
-    # A higher mean bought with pedestrian AP is refused; so is an epoch that improves nothing.
-    assert not improves_on(_metrics(0.29, 0.80), zero, zero)
-    assert not improves_on(_metrics(0.30, 0.70), zero, zero)
-    # Both classes at least as good as zero-shot and a higher mean than the best so far: kept.
-    assert improves_on(_metrics(0.30, 0.72), zero, zero)
-    assert not improves_on(_metrics(0.31, 0.71), _metrics(0.31, 0.73), zero)
-    # Unless the user allows it (--allow-class-drop).
-    assert improves_on(_metrics(0.29, 0.80), zero, zero, protect_classes=False)
-    # Trained above the pretrained size, no class may fall below either zero-shot run: here the published
-    # model at its own size is the better one on stop signs.
-    native = _metrics(0.28, 0.75)
-    assert not improves_on(_metrics(0.31, 0.74), zero, zero, native=native)
-    assert improves_on(_metrics(0.31, 0.75), zero, zero, native=native)
+def _matches(pedestrian: int, stop_sign: int, ms: float = 10.0) -> Matches:
+    """Two sources, one class measured on each (coco: pedestrian AP p/10; signs: stop-sign AP s/10)."""
+    none = ImageMatches(np.zeros(0), np.zeros((10, 0), bool), np.zeros((10, 0), bool), 0)
+    return Matches(("coco", "signs"), {"pedestrian": (_image(pedestrian, 12), none),
+                                       "stop_sign": (none, _image(stop_sign, 12))}, ms)
 
 
+def test_average_precision_is_cocoeval_on_any_subset() -> None:
+    assert average_precision([_image(7, 1)]) == pytest.approx(0.7)
+    assert average_precision([_image(7, 1), _image(7, 1)]) == pytest.approx(0.7)  # a repeat changes nothing here
+    # One of two boxes found: precision 1 up to recall 0.5, i.e. at 51 of the 101 recall points.
+    assert average_precision([_image(10, 2)]) == pytest.approx(51 / 101)
+    assert average_precision([ImageMatches(np.zeros(0), np.zeros((10, 0), bool), np.zeros((10, 0), bool), 0)]) is None
 
-def test_recipe_names_a_bad_setting_and_defaults_each_tier_to_its_size() -> None:
+
+def test_size_choice_keeps_the_size_that_holds_every_source_and_class() -> None:
+    from toolkit.train.select import choose_input_size
+
+    candidates = {
+        ("zero-shot", 416): _matches(5, 8),
+        ("zero-shot", 512): _matches(7, 7, ms=15),  # best on average (0.70), loses the signs: refused
+        ("fine-tuned", 416): _matches(5, 9),  # never worse, mean 0.70: the answer
+        ("fine-tuned", 512): _matches(8, 7, ms=15),  # best mean (0.75), loses the signs: refused
+    }
+    choice = choose_input_size(candidates, native=416)
+    assert (choice.weights, choice.size) == ("fine-tuned", 416)
+    assert choice.table["fine-tuned@512"]["holds"] is False and choice.table["zero-shot@512"]["median_ms"] == 15
+    # When nothing holds, the zero-shot model at its pretrained size stays.
+    del candidates[("fine-tuned", 416)]
+    assert (choose_input_size(candidates, 416).weights, choose_input_size(candidates, 416).size) == ("zero-shot", 416)
+    # A cell with fewer than MIN_BOXES boxes decides nothing, unless it is the user's (3 signs here).
+    def two(pedestrian: int, stop_sign: int) -> Matches:
+        return Matches(("coco", "signs"), {"pedestrian": (_image(pedestrian, 12), _image(1, 0)),
+                                           "stop_sign": (_image(1, 0), _image(stop_sign, 3))}, 10.0)
+
+    few = {("zero-shot", 416): two(5, 8), ("fine-tuned", 416): two(6, 2)}
+    assert choose_input_size(few, 416).weights == "fine-tuned"
+    assert choose_input_size(few, 416, user_sources=("signs",)).weights == "zero-shot"
+
+
+def test_best_checkpoint_never_trades_one_source_or_class_for_another() -> None:
+    from toolkit.train.select import improves_on
+
+    zero = {"coco": {"pedestrian": 0.30}, "signs": {"stop_sign": 0.70}}
+    assert not improves_on({"coco": {"pedestrian": 0.29}, "signs": {"stop_sign": 0.80}}, zero, zero)
+    assert not improves_on(zero, zero, zero)
+    assert improves_on({"coco": {"pedestrian": 0.30}, "signs": {"stop_sign": 0.72}}, zero, zero)
+    assert improves_on({"coco": {"pedestrian": 0.29}, "signs": {"stop_sign": 0.80}}, zero, zero,
+                       protect_classes=False)
+
+
+def test_summary_warns_plainly_when_your_photos_gained_nothing() -> None:
+    from toolkit.train.report import summary_text
+
+    row = {"ap": 0.70, "zero_shot": 0.72, "gain": -0.02, "noise": 0.01, "boxes": 12, "photos": 9}
+    summary = {"input_size": {"size": 416, "weights": "fine-tuned", "native": 416, "candidates": {
+        "zero-shot@416": {"mean_ap": 0.72, "median_ms": 20.0, "holds": True},
+        "fine-tuned@416": {"mean_ap": 0.70, "median_ms": 20.0, "holds": True}}},
+        "your_photos": {"data:mine": {"stop_sign": row}}, "bundled": {}}
+    text = summary_text(summary)
+    assert "WARNING: no gain on your photos for stop_sign (-0.020 AP)" in text
+    assert "WARNING" not in summary_text({**summary, "your_photos": {"data:mine": {"stop_sign": {
+        **row, "ap": 0.80, "gain": 0.08}}}})
+
+
+def test_recipe_names_a_bad_setting_and_chooses_the_size_after_training() -> None:
     from devices.errors import ConfigError
     from toolkit.train import recipe
 
-    assert (recipe().imgsz, recipe(model="fastestdet").imgsz, recipe(imgsz=448).imgsz) == (512, 416, 448)
+    assert recipe().imgsz is None and 416 in recipe().sizes and 352 in recipe(model="fastestdet").sizes
+    assert recipe(imgsz=448).sizes == (448,)
     with pytest.raises(ConfigError, match="imgsz: Input should be a multiple of 32"):
         recipe(imgsz=400)
     with pytest.raises(ConfigError, match="epochs"):
         recipe(epochs=0)
+    with pytest.raises(ConfigError, match="share a softmax"):
+        recipe(model="fastestdet", train_layers="class_rows")
+
+
+def _user_set(samples: list, path: Path) -> Path:
+    from toolkit.data.coco import to_coco
+
+    return to_coco(samples, path)
 
 
 @pytest.mark.slow
-def test_label_rows_only_changes_nothing_but_the_stop_sign_rows(mirror: Path, tmp_path: Path) -> None:
-    from devices.errors import ConfigError
+def test_your_people_labels_train_the_pedestrian_outputs_and_nothing_else_does(mirror: Path, tmp_path: Path) -> None:
     from models.checkpoint import read_checkpoint
+    from toolkit.data.sets import load_dataset
     from toolkit.train import recipe, train
 
-    fields = {"epochs": 1, "batch_size": 2, "max_train_images": 4, "max_val_images": 2, "imgsz": 320}
-    assert recipe(**fields).label_rows_only  # the YOLOX-Nano default
-    train(recipe(**fields), tmp_path, mirror=str(mirror), progress=False)
-    tuned = read_checkpoint(tmp_path / "last.pt")["state_dict"]
+    people = [s for s in load_dataset("coco128", str(mirror)) if (s.labels == 0).sum() >= 2][:6]
+    signs = load_dataset("roadsign_kaggle_stop", str(mirror))[:6]
     pretrained = create_model("yolox-nano", num_classes=2, pretrained=True, mirror=str(mirror)).state_dict()
-    changed = {k for k, v in pretrained.items() if not torch.equal(v, tuned[k])}
-    assert changed and all(k.startswith("head.cls_preds.") for k in changed), changed
-    for k in changed:  # row 0 (pedestrian) bit for bit, row 1 (stop sign) learned
-        assert torch.equal(tuned[k][0], pretrained[k][0]) and not torch.equal(tuned[k][1], pretrained[k][1])
-    with pytest.raises(ConfigError, match="share a softmax"):
-        recipe(model="fastestdet", label_rows_only=True)
+    moved = {}
+    for name, photos in (("people", people), ("signs", signs)):
+        config = recipe(data=[str(_user_set(photos, tmp_path / f"{name}.json"))], datasets=("roadsign_kaggle_stop",),
+                        imgsz=320, epochs=1, batch_size=4, max_val_images=4, ema_decay=None)
+        result = train(config, tmp_path / name, mirror=str(mirror), progress=False)
+        assert result is not None
+        tuned = read_checkpoint(tmp_path / name / "last.pt")["state_dict"]
+        rows = [k for k in pretrained if k.startswith("head.cls_preds.") and k.endswith("weight")]
+        moved[name] = [not torch.equal(tuned[k][0], pretrained[k][0]) for k in rows]
+        assert all(not torch.equal(tuned[k][1], pretrained[k][1]) for k in rows)  # stop signs learn in both
+        # These six people photos hold no stop sign, so they teach people only; the signs teach signs only.
+        assert result.summary["supervised"][f"data:{name}"] == (["pedestrian"] if name == "people" else ["stop_sign"])
+    assert all(moved["people"]) and not any(moved["signs"])
+
+
+@pytest.mark.slow
+def test_by_source_table_runs_on_a_tiny_subset(mirror: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"imgsz": 320, "epochs": 1, "batch_size": 2, "max_val_images": 4}))
+    cmd = [sys.executable, "benchmarks/by_source.py", "--mirror", str(mirror), "--sources", "roadsign_kaggle_stop",
+           "--max-images", "4", "--min-boxes", "1", "--config", str(config), "--out", str(tmp_path / "table")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "table/by_source.md").read_text()
+    assert "| roadsign_kaggle_stop | stop_sign | 4 / 4 | 320 (chosen) |" in table
+    assert "| roadsign_kaggle_stop close-ups | stop_sign |" in table
+    assert "| roadsign_kaggle_stop | pedestrian | 0 / 4 | - | not measurable (< 1 boxes)" in table
+    rows = json.loads((tmp_path / "table/by_source.json").read_text())["results"]
+    assert rows and all(r["fine_tuned"] is not None for r in rows)
+
+
+def test_bundle_report_says_which_model_to_deploy_and_why() -> None:
+    from types import SimpleNamespace
+
+    from toolkit.export.report import _report_training
+
+    row = {"ap": 0.80, "zero_shot": 0.76, "gain": 0.04, "noise": 0.01, "boxes": 40, "photos": 30}
+    candidates = {"zero-shot@416": {"mean_ap": 0.76, "median_ms": 20.0, "holds": True},
+                  "fine-tuned@416": {"mean_ap": 0.80, "median_ms": 20.0, "holds": True},
+                  "fine-tuned@512": {"mean_ap": 0.70, "median_ms": 30.0, "holds": False}}
+    training = {"input_size": {"size": 416, "weights": "fine-tuned", "native": 416, "candidates": candidates},
+                "your_photos": {"data:mine": {"stop_sign": row}}, "bundled": {}}
+    text = "\n".join(_report_training(SimpleNamespace(training=training)))
+    assert "chose **416x416** with the fine-tuned weights" in text
+    assert "| fine-tuned@512 | 0.700 | 30.0 | 1.50x | no |" in text
+    assert "Deploy this bundle: it gains stop_sign +0.040" in text
+    within = {**training, "your_photos": {"data:mine": {"stop_sign": {**row, "gain": 0.005}}}}
+    assert "The stock model is as good" in "\n".join(_report_training(SimpleNamespace(training=within)))
+    stock = {**training, "input_size": {**training["input_size"], "weights": "zero-shot"}}
+    assert "is the stock COCO model" in "\n".join(_report_training(SimpleNamespace(training=stock)))
+    assert _report_training(SimpleNamespace(training=None)) == []

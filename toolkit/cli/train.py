@@ -35,21 +35,24 @@ class ModelChoice(click.Choice):
               help="Architecture (default yolox-nano, the accurate tier).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON file with recipe fields (see TrainConfig); flags override it.")
-@click.option("--imgsz", type=int, help="Square input size, a multiple of 32 (default: 512 YOLOX-Nano, 416 "
-              "FastestDet; their pretrained sizes are 416 and 352).")
+@click.option("--imgsz", type=int, help="A fixed square input size, a multiple of 32 (default: train at the "
+              "pretrained size, 416 YOLOX-Nano / 352 FastestDet, and choose the size after training on the validation "
+              "photos, yours when --data is given).")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--max-minutes", type=float, help="Stop (and keep the best checkpoint) after this long.")
 @click.option("--max-train-images", type=int, help="Train on a random subset (quick trials).")
 @click.option("--max-val-images", type=int, help="Validate on the first N validation images (quick trials).")
-@click.option("--freeze-backbone/--train-backbone", default=None, help="Freeze the feature extractor (default).")
+@click.option("--train-layers", type=click.Choice(["class_rows", "outputs", "head", "neck_and_head"]),
+              help="What trains (default: head).")
 @click.option("--protect-classes/--allow-class-drop", default=None,
-              help="Keep best.pt only from epochs where no class is below its zero-shot AP (default).")
+              help="Keep best.pt only from epochs where no class on any validation source is below its zero-shot AP "
+              "(default).")
 @click.option("--workers", type=int, help="Data-loading processes.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), multiple=True,
-              help="Your own annotated photos, added to the bundled sets (repeatable): a COCO .json, or a YOLO "
-              "(data.yaml) or Pascal VOC folder.")
+              help="Your own annotated photos (repeatable): a COCO .json, or a YOLO (data.yaml) or Pascal VOC folder. "
+              "Every class they label is learnt from them, and their validation split decides best.pt.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Continue from a last.pt.")
 @click.pass_context
@@ -59,6 +62,7 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
     need_workstation("train", "torch", "PIL")
     from toolkit.train import recipe
     from toolkit.train import train as run_train
+    from toolkit.train.report import summary_text
 
     fields = json.loads(config_file.read_text()) if config_file else {}
     fields.update({k: v for k, v in overrides.items() if v is not None and v != ()})
@@ -78,26 +82,10 @@ def train(ctx: click.Context, out_dir: Path, model: str | None, config_file: Pat
         raise
     if result is None:
         return
-    click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = zero-shot)")
+    click.echo(f"\nbest checkpoint: {result.best} (epoch {result.best_epoch}; epoch 0 = the zero-shot weights)")
     if result.best_epoch == 0:
-        click.echo("no epoch beat the zero-shot model on every class without losing another, so best.pt is the "
-                   "zero-shot model (last.pt holds the last epoch; --allow-class-drop keeps the best mean AP).")
-    rows = {"zero-shot (pretrained size)": result.zero_shot_native} if result.zero_shot_native else {}
-    size = f" ({config.imgsz})" if config.imgsz else ""
-    rows |= {f"zero-shot{size}": result.zero_shot, f"fine-tuned{size}": result.metrics}
-    click.echo(_ap_table(rows))
+        click.echo("no epoch beat the zero-shot model on every validation source and class, so best.pt holds the "
+                   "zero-shot weights (last.pt holds the last epoch; --allow-class-drop keeps the best mean AP).")
+    click.echo(summary_text(result.summary))
     click.echo(f"wall time: {result.wall_seconds / 60:.1f} min" + (" (stopped by --max-minutes)"
                                                                      if result.stopped_early else ""))
-
-
-def _ap_table(rows: dict[str, dict]) -> str:
-    """Markdown table of EvalResult dicts, one row per model."""
-    lines = ["| model | pedestrian AP | pedestrian AP50 | stop_sign AP | stop_sign AP50 | mean AP |",
-             "|---|---:|---:|---:|---:|---:|"]
-    from toolkit.evaluate.results import fmt_ap
-
-    for name, metrics in rows.items():
-        per = {c["name"]: c for c in metrics["classes"]}
-        cells = [fmt_ap(per.get(cls, {}).get(key)) for cls in ("pedestrian", "stop_sign") for key in ("ap", "ap50")]
-        lines.append(f"| {name} | {' | '.join(cells)} | {fmt_ap(metrics['map'])} |")
-    return "\n".join(lines)

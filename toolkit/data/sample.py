@@ -218,7 +218,9 @@ def path_group(source: str, root: Path) -> GroupFn:
     """Photos identified by ``<source>/<path under root without suffix>`` (the readers' default)."""
 
     def group(path: Path) -> str:
-        return f"{source}/{path.relative_to(root).with_suffix('').as_posix()}"
+        # A COCO json may name its images by absolute path, outside the folder it lies in.
+        inside = path.is_relative_to(root)
+        return f"{source}/{(path.relative_to(root) if inside else path).with_suffix('').as_posix()}"
 
     return group
 

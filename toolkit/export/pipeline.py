@@ -241,6 +241,7 @@ def _run_context(
             work=work,
             mirror=mirror,
             timings=timings,
+            training=json.loads(payload.get("training", "null")),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -127,6 +127,7 @@ def render_report(manifest: Manifest, model_path: Path) -> str:
         _report_header(manifest, model_path),
         _report_accuracy(manifest),
         _report_latency(manifest),
+        _report_training(manifest),
         _report_calibration(manifest),
         ["## Notes", "", *(f"- {n}" for n in manifest.notes)] if manifest.notes else [],
         _report_use(manifest),
@@ -217,6 +218,59 @@ def _report_latency(m: Manifest) -> list[str]:
             f"{fmt_ms(lat['fp32_frame_ms'])} |"
         )
     return lines
+
+
+def _report_training(m: Manifest) -> list[str]:
+    """The input size the training run chose, what each candidate measured, and which model to deploy."""
+    t = m.training
+    if not t or "input_size" not in t:
+        return []
+    size = t["input_size"]
+    native, chosen = size["native"], f"{size['weights']}@{size['size']}"
+    candidates = size.get("candidates", {})
+    ms_native = (candidates.get(f"zero-shot@{native}") or {}).get("median_ms")
+    lines = ["## Input size and training", "",
+             (f"`edgesight train` chose **{size['size']}x{size['size']}** with the {size['weights']} weights: among "
+             "the candidates below, the one with the highest mean AP@[.5:.95] of those that lose no class on any "
+             f"validation source against the zero-shot model at its pretrained {native} (ms: PyTorch, per photo, on "
+             "the training machine)."), "",
+             "| candidate | mean AP over sources and classes | ms | time against the stock size | holds every class |",
+             "|---|---:|---:|---:|---|"]
+    for name, row in candidates.items():
+        ratio = f"{row['median_ms'] / ms_native:.2f}x" if ms_native else "n/a"
+        mark = "**" if name == chosen else ""
+        lines.append(f"| {mark}{name}{mark} | {row['mean_ap']:.3f} | {row['median_ms']:.1f} | {ratio} | "
+                     f"{'yes' if row.get('holds', True) else 'no'} |")
+    yours, bundled = t.get("your_photos") or {}, t.get("bundled") or {}
+    gains = yours or bundled
+    where = "your validation photos" if yours else "the bundled validation photos"
+    if gains:
+        lines += ["", (f"Gain of the checkpoint against the zero-shot model at {native} on {where} (AP@[.5:.95], "
+                  "± the bootstrap noise of that many photos):"), ""]
+        lines += [f"- {source} {cls}: {r['ap']:.3f} against {r['zero_shot']:.3f}, {r['gain']:+.3f} ± {r['noise']:.3f}"
+                  for source, per in gains.items() for cls, r in per.items()]
+    lines += ["", f"**Which to deploy.** {_deploy_advice(size, gains, ms_native, candidates)}"]
+    return lines
+
+
+def _deploy_advice(size: dict, gains: dict, ms_native: float | None, candidates: dict) -> str:
+    """This bundle, or the stock model it came from: the stock model unless this one is measurably better."""
+    native = size["native"]
+    ms = (candidates.get(f"{size['weights']}@{size['size']}") or {}).get("median_ms")
+    cost = f" at {ms / ms_native:.2f}x its time" if ms and ms_native else ""
+    better = [f"{cls} {r['gain']:+.3f}" for per in gains.values() for cls, r in per.items()
+              if r["noise"] is not None and r["gain"] > r["noise"]]
+    if size["weights"] == "zero-shot" and size["size"] == native:
+        return (f"This bundle is the stock COCO model at its own {native}x{native}, quantized: fine-tuning found "
+                "nothing that held on every validation source and class. Deploy it in place of the stock model "
+                "(same accuracy, and the INT8 file's latency above); label photos of your camera and train with "
+                "`--data` to gain on them.")
+    if not better:
+        return (f"No class gained beyond the noise of the validation photos against the stock model{cost}; none "
+                "lost either. The stock model is as good: deploy this bundle only if its INT8 latency above is "
+                "lower than the stock model's on your device (`edgesight bench`).")
+    return (f"Deploy this bundle: it gains {', '.join(better)} AP beyond the noise of the validation photos against "
+            f"the stock model{cost}, and loses no class on any validation source.")
 
 
 def _report_calibration(m: Manifest) -> list[str]:

@@ -78,6 +78,7 @@ class Run:
     work: Path
     mirror: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    training: dict | None = None  # the checkpoint's record of its training and input size
 
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
@@ -244,6 +245,7 @@ def _new_stage(run: Run, fmt: str, precision: str) -> Staged:
         toolkit_version=package_version("edgesight"),
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         license=license_record,
+        training=run.training,
     )
     return Staged(name, folder, fmt, precision, manifest)
 

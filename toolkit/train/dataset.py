@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -17,7 +18,8 @@ from toolkit.data.sample import Sample
 
 
 def augmentations(spec: InputSpec) -> v2.Compose:
-    # Scale jitter down to 0.5x teaches the small, distant people and signs of street photos; colour
+    # Scale jitter down to 0.5x teaches the small, distant people and signs of street photos, and up to 1.3x
+    # the near ones, so that the size a run chooses after training may differ from the training size; colour
     # jitter covers dusk and overcast light; horizontal flips are safe for both classes (a mirrored
     # STOP sign is still a red octagon, and the letters are a few pixels at these input sizes).
     return v2.Compose(
@@ -34,19 +36,20 @@ def augmentations(spec: InputSpec) -> v2.Compose:
 class DetectionDataset(Dataset):
     """Samples placed into the model input exactly as at inference, then augmented.
 
-    Returns (image float tensor in the model's input contract, boxes (G, 4) input px, labels (G,),
-    whether the source annotates people).
+    Returns (image float tensor in the model's input contract, boxes (G, 4) input px, labels (G,), index of
+    the sample's source in ``sources``, -1 when it is not there).
     """
 
-    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool) -> None:
+    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool, sources: Sequence[str] = ()) -> None:
         self.samples = samples
         self.spec = spec
         self.augment = augmentations(spec) if augment else None
+        self.sources = list(sources)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         sample = self.samples[i]
         placed, pl = place(load_image(sample.image_path), self.spec)
         boxes = sample.boxes * np.array([pl.scale_x, pl.scale_y, pl.scale_x, pl.scale_y], np.float32)
@@ -67,14 +70,15 @@ class DetectionDataset(Dataset):
         mean = torch.tensor(self.spec.mean).view(3, 1, 1)
         std = torch.tensor(self.spec.std).view(3, 1, 1)
         x = (x - mean) / std
-        return x, data["boxes"].as_subclass(torch.Tensor).float(), data["labels"].long(), sample.labels_people
+        source = self.sources.index(sample.source) if sample.source in self.sources else -1
+        return x, data["boxes"].as_subclass(torch.Tensor).float(), data["labels"].long(), source
 
 
 def collate(batch: list) -> tuple[torch.Tensor, list, torch.Tensor]:
     images = torch.stack([b[0] for b in batch])
     targets = [(b[1], b[2]) for b in batch]
-    people = torch.tensor([b[3] for b in batch])
-    return images, targets, people
+    sources = torch.tensor([b[3] for b in batch])
+    return images, targets, sources
 
 
 def one_per_group(samples: list[Sample], seed: int) -> list[Sample]:
@@ -85,3 +89,26 @@ def one_per_group(samples: list[Sample], seed: int) -> list[Sample]:
     for s in samples:
         groups.setdefault(s.group, []).append(s)
     return [rng.choice(members) for members in groups.values()]
+
+
+class EpochPhotos(Sampler):
+    """The photos of each epoch: the user's photos once and a fresh draw of bundled ones beside them.
+
+    With ``share`` 0.5 as many bundled photos as the user's: an epoch stays short on a few dozen photos (so a
+    run of a fixed number of steps gives them many epochs), and the bundled photos keep what the other sources
+    taught. Without user photos, every bundled photo once.
+    """
+
+    def __init__(self, user: Sequence[int], bundled: Sequence[int], share: float, seed: int) -> None:
+        self.user, self.bundled = list(user), list(bundled)
+        self.rng = random.Random(seed)
+        wanted = round(len(self.user) * (1 - share) / share) if self.user else len(self.bundled)
+        self.n_bundled = min(len(self.bundled), wanted)
+
+    def __len__(self) -> int:
+        return len(self.user) + self.n_bundled
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.user + self.rng.sample(self.bundled, self.n_bundled)
+        self.rng.shuffle(order)
+        return iter(order)

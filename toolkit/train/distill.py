@@ -1,17 +1,18 @@
-"""The frozen COCO teacher: its class rows in the student's order, and its pseudo-labels of people.
+"""The frozen COCO teacher's class rows in the student's order, and the moving average of the student.
 
-Photos whose sets do not annotate people get the teacher's confident person detections as labels, so
-their people are not learnt as background; the distillation terms themselves are in ``toolkit.train.loss``.
+Where a photo's labels say nothing (people in a stop-sign set, anything the user did not label), the student
+learns from the teacher: the distillation terms themselves are in ``toolkit.train.loss``.
 """
 
 from __future__ import annotations
 
-import torch
-from torchvision.ops import nms
+import copy
+import math
+from collections.abc import Sequence
 
-from devices.processing import combine_scores
+import torch
+
 from models.base import COCO_ROWS, TARGET_CLASSES
-from toolkit.train.loss import class_probs
 
 
 def teacher_rows(student_rows: int) -> torch.Tensor:
@@ -21,16 +22,30 @@ def teacher_rows(student_rows: int) -> torch.Tensor:
     return torch.tensor((first + others)[:student_rows])
 
 
-@torch.no_grad()
-def pseudo_people(teacher_dense, decode_kind: str, score: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Confident teacher detections of people, per image: labels for photos whose set skips people."""
-    probs = class_probs(teacher_dense, 80)[..., COCO_ROWS["pedestrian"]]
-    obj = teacher_dense.obj.sigmoid()
-    conf = combine_scores(decode_kind, obj, probs)  # the rule the device decodes this architecture with
-    out = []
-    for boxes, c in zip(teacher_dense.boxes, conf, strict=True):
-        keep = c >= score
-        b, s = boxes[keep], c[keep]
-        k = nms(b, s, 0.45)
-        out.append((b[k], torch.zeros(len(k), dtype=torch.long, device=b.device)))
-    return out
+class Ema:
+    """Exponential moving average of the trained parameters (Polyak & Juditsky 1992): the weights a run validates
+    and keeps. A few dozen photos give noisy steps; their average moves less than any one of them.
+
+    The decay warms up over the first steps, as in YOLOX's ``ModelEMA``, so that the average is not held at the
+    starting weights.
+
+    Args:
+        model: The model being trained.
+        decay: The decay once warmed up.
+        names: Names of the parameters that train (the others are never averaged: they do not move).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, names: Sequence[str]) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        self.decay, self.steps = decay, 0
+        averaged = dict(self.model.named_parameters())
+        wanted = set(names)
+        self.pairs = [(averaged[n], p) for n, p in model.named_parameters() if n in wanted]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = self.decay * (1 - math.exp(-self.steps / 10))
+        for avg, p in self.pairs:
+            avg.mul_(d).add_(p.detach(), alpha=1 - d)

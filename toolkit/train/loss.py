@@ -161,17 +161,23 @@ def detection_loss(
     teacher: Dense | None = None,
     teacher_class_rows: torch.Tensor | None = None,
     distill_weight: float = 1.0,
+    box_distill_weight: float = 0.0,
+    unlabelled: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Loss of a batch.
 
     Args:
         student: The model being trained.
-        targets: Per image (boxes (G, 4) xyxy input px, labels (G,)), ground truth plus pseudo-labels.
+        targets: Per image (boxes (G, 4) xyxy input px, labels (G,)): the labels of the classes it teaches.
         num_classes: Target classes (the first rows of ``student.cls``).
         teacher: The frozen COCO model's output on the same batch, for distillation.
         teacher_class_rows: Row indices into the teacher's classes matching every student class row
             (for a softmax head this includes the kept "other" rows).
         distill_weight: Weight of the distillation terms.
+        box_distill_weight: Weight of the box distillation: boxes of the classes a photo's labels do not teach
+            are pulled toward the teacher's, so that box layers shared by all classes learn the labelled classes'
+            boxes without moving the others'.
+        unlabelled: (B, num_classes) bool, per image the classes its labels do not teach (box distillation).
     """
     probs = class_probs(student, num_classes).detach()
     device = student.obj.device
@@ -208,6 +214,11 @@ def detection_loss(
     out = {"box": 5.0 * box_l / norm, "obj": obj_l / norm, "cls": cls_l / norm}
     if teacher is not None and distill_weight > 0:
         out["distill"] = distill_weight * distill_classes(student, teacher, teacher_class_rows) / norm
+    if teacher is not None and box_distill_weight > 0 and unlabelled is not None and unlabelled.any():
+        t_probs = class_probs(teacher, teacher.cls.shape[-1])[..., teacher_class_rows[:num_classes]]
+        # Where the teacher sees an object of a class the labels leave to it, and no label assigned the anchor.
+        weight = teacher.obj.sigmoid() * (t_probs * unlabelled[:, None, :]).amax(-1) * ~fg_mask
+        out["box_distill"] = box_distill_weight * distill_boxes(student, teacher, weight) / norm
     out["total"] = sum(out.values())
     return out
 
@@ -223,3 +234,9 @@ def distill_classes(student: Dense, teacher: Dense, rows: torch.Tensor) -> torch
         t_cls = teacher.cls[..., rows].sigmoid()
         kl = soft_kl(student.cls, t_cls).sum(-1)
     return (kl * t_obj).sum()
+
+
+def distill_boxes(student: Dense, teacher: Dense, weight: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the student's boxes to the teacher's, in strides, weighted per anchor (B, A)."""
+    dist = ((student.boxes - teacher.boxes).abs() / student.strides[:, None]).sum(-1)
+    return (dist * weight).sum()
