@@ -14,6 +14,9 @@ Threads and the bounded queues between them::
   never delays detection; for live sources a full observer queue drops (counted), for files it waits.
 
 The loop holds no configuration of its own beyond queue sizes: the service builds the parts.
+
+Length: the three threads, their queues, counters and the detector watchdog share state that is easier
+to check for races in one file than spread over several (about 470 lines).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 
 from devices.errors import DataError
 from devices.sources import Source, SourceEnded
+from devices.timing import percentile
 from devices.types import Detections, Frame
 
 log = logging.getLogger(__name__)
@@ -117,8 +121,8 @@ class LatencyWindow:
             values = np.asarray(self._values, np.float64) * 1000.0
         if values.size == 0:
             return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
-        return {"n": int(values.size), "p50_ms": round(float(np.percentile(values, 50)), 2),
-                "p99_ms": round(float(np.percentile(values, 99)), 2), "max_ms": round(float(values.max()), 2)}
+        return {"n": int(values.size), "p50_ms": round(percentile(values, 50), 2),
+                "p99_ms": round(percentile(values, 99), 2), "max_ms": round(float(values.max()), 2)}
 
 
 @dataclass

@@ -12,6 +12,10 @@ Exit codes (``ExitCode``):
     3  a file source ended early: truncated or damaged (frames read < frames the file declares), or
        its read hung
     4  the detector failed: repeated errors, or it could not be reopened after a stall
+
+Length: ``Daemon`` is the one owner of the process's state (detector, loop, publisher, HTTP, signals,
+reload, health); its methods are short, and splitting the class across files would hide which thread
+touches what (about 600 lines).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Delivery:
 A file that ends raises ``SourceEnded`` in the consumer once its last frame was taken, saying whether
 the file was complete. Nothing is ever invented: no placeholder frame reaches the consumer, and a
 malformed image (None, not uint8, not HxWx3) is counted in ``bad`` and skipped with a log line.
+
+Length: the capture thread, its watchdog and the reconnect backoff share one lock and one state
+machine; kept in one file so that every transition can be read together (about 470 lines).
 """
 
 from __future__ import annotations
