@@ -53,7 +53,7 @@ from toolkit.train.config import TrainConfig, TrainResult
 from toolkit.train.dataset import DetectionDataset, EpochPhotos, collate, one_per_group
 from toolkit.train.distill import Ema, teacher_rows
 from toolkit.train.loss import detection_loss, read_dense
-from toolkit.train.select import Cells, SizeChoice, cells, choose_input_size, improves_on, mean_ap
+from toolkit.train.select import Cells, SizeChoice, cells, choose_input_size, describe, improves_on, mean_ap
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def start_or_resume(models: Models, loop: Loop, deciding: list[Sample], data: Tr
         return Progress(state["epoch"] + 1, json.loads(state["zero_shot"]), json.loads(state["best_metrics"]),
                         json.loads(state["best_epoch"]), dict(state["best_state_dict"]), json.loads(state["history"]))
     zero_shot = cells(validate(models.student, deciding, out_dir), data.user_sources) if rank == 0 else {}
-    log.info("zero-shot at %d: %s", models.train_size, zero_shot)
+    log.info("zero-shot at %d: %s", models.train_size, describe(zero_shot))
     state = {k: v.detach().clone() for k, v in loop.kept.state_dict().items()}
     return Progress(1, zero_shot, zero_shot, 0, state, [])
 
@@ -418,7 +418,8 @@ def validate_epoch(config: TrainConfig, loop: Loop, progress: Progress, epoch: i
     """Validate the kept weights on the deciding photos; they become best if they hold every cell and gain."""
     metrics = cells(validate(loop.kept, deciding, out_dir), data.user_sources)
     progress.history.append({"epoch": epoch, "cells": metrics, "mean_ap": mean_ap(metrics)})
-    log.info("epoch %d: %s (best mean %.4f at epoch %d)", epoch, metrics, mean_ap(progress.best), progress.best_epoch)
+    log.info("epoch %d: %s (best mean %.4f at epoch %d)", epoch, describe(metrics), mean_ap(progress.best),
+             progress.best_epoch)
     if improves_on(metrics, progress.best, progress.zero_shot, config.protect_classes):
         progress.best, progress.best_epoch = metrics, epoch
         progress.best_state = {k: v.detach().clone() for k, v in loop.kept.state_dict().items()}

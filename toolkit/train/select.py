@@ -47,6 +47,13 @@ def mean_ap(table: Cells) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+def describe(table: Cells) -> str:
+    """One line for the log: AP per measured source and class, or why nothing was measured."""
+    if not table:
+        return f"AP not measured (no validation source has {MIN_BOXES} boxes of a class, nor any of your photos)"
+    return ", ".join(f"{source} {cls} AP {ap:.3f}" for source, per in table.items() for cls, ap in per.items())
+
+
 def improves_on(metrics: Cells, best: Cells, zero_shot: Cells, protect_classes: bool = True) -> bool:
     """Whether an epoch replaces best.pt: a higher mean AP over the cells and, with ``protect_classes``, no cell
     below the zero-shot model's.
