@@ -3,6 +3,9 @@
 The module layout (attribute names, ``nn.Sequential`` indices) mirrors the authors' ``module/`` code so that
 their COCO state dict loads with ``strict=True``; the forward pass reproduces their ONNX export
 (``FastestDet.onnx``) to float rounding. Upstream: github.com/dog-qiuqiu/FastestDet @ 50473cd (BSD-3-Clause).
+
+About 400 lines: one file per architecture family (network, weights import, registry entry), as in timm and
+``models/yolox.py``.
 """
 
 from __future__ import annotations
