@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--phase", type=float, default=30.0)
     parser.add_argument("--edgesight", type=Path, default=Path(sys.executable).with_name("edgesight"))
     args = parser.parse_args()
+    # The daemon reads its config from a temporary folder, where a relative path would mean something else.
+    args.bundle, args.video = args.bundle.resolve(), args.video.resolve()
     work = Path(tempfile.mkdtemp(prefix="faults-"))
     broker = Broker(work)
     broker.start()

@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help="More daemon settings (YAML), e.g. sinks.")
     parser.add_argument("--edgesight", type=Path, default=Path(sys.executable).with_name("edgesight"))
     args = parser.parse_args()
+    # The daemon reads its config from a temporary folder, where a relative path would mean something else.
+    args.bundle, args.video = args.bundle.resolve(), args.video.resolve()
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     extra = args.config.read_text() if args.config else ""
