@@ -145,13 +145,18 @@ def combine_scores(kind: str, obj: Any, cls: Any) -> Any:
     return SCORE_RULES[kind](obj, cls)
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(strides: tuple[int, ...], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell offsets and strides of every anchor, computed once per input size (read-only: shared by every call)."""
     cells, cell_strides = [], []
     for s in strides:
         gy, gx = np.meshgrid(np.arange(height // s), np.arange(width // s), indexing="ij")
         cells.append(np.stack([gx, gy], -1).reshape(-1, 2))
         cell_strides.append(np.full((cells[-1].shape[0], 1), s))
-    return np.concatenate(cells).astype(np.float32), np.concatenate(cell_strides).astype(np.float32)
+    grid, stride = np.concatenate(cells).astype(np.float32), np.concatenate(cell_strides).astype(np.float32)
+    grid.setflags(write=False)
+    stride.setflags(write=False)
+    return grid, stride
 
 
 def decode_yolox(raw: np.ndarray, spec: DecodeSpec, width: int, height: int) -> tuple[np.ndarray, ...]:
