@@ -39,10 +39,6 @@ class TrainConfig(BaseModel):
     distill_weight: float = Field(3.0, ge=0)
     box_distill_weight: float = Field(1.0, ge=0, description="Pull the boxes of the classes a photo's labels do "
                                       "not teach toward the teacher's.")
-    scale_range: tuple[float, float] = Field((0.5, 1.3), description="Random zoom of each training photo "
-                                             "(smallest, largest factor of its placed size).")
-    l1_box_weight: float = Field(0.0, ge=0, description="An L1 term on the assigned boxes beside GIoU, in "
-                                 "strides (YOLOX's last-epochs term for localisation at high IoU).")
     teacher_box_weight: float = Field(0.0, ge=0, description="Pull every box toward the teacher's where it sees "
                                       "an object of a target class, labelled classes included.")
     train_layers: Layers = Field("auto", description="auto: the head's last box/objectness/class layers when "
@@ -86,13 +82,6 @@ class TrainConfig(BaseModel):
         if isinstance(paths, list | tuple):
             return tuple(str(Path(p).expanduser().resolve()) for p in paths)
         return paths
-
-    @field_validator("scale_range")
-    @classmethod
-    def _zoom(cls, bounds: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < bounds[0] <= bounds[1]:
-            raise ValueError(f"scale_range {list(bounds)} must be two factors, 0 < smallest <= largest")
-        return bounds
 
     @model_validator(mode="after")
     def _rows_stand_alone(self) -> TrainConfig:

@@ -17,8 +17,8 @@ from toolkit.data.images import load_image
 from toolkit.data.sample import Sample
 
 
-def augmentations(spec: InputSpec, scale_range: tuple[float, float] = (0.5, 1.3)) -> v2.Compose:
-    # Scale jitter (default) down to 0.5x teaches the small, distant people and signs of street photos, and up to 1.3x
+def augmentations(spec: InputSpec) -> v2.Compose:
+    # Scale jitter down to 0.5x teaches the small, distant people and signs of street photos, and up to 1.3x
     # the near ones, so that the size a run chooses after training may differ from the training size; colour
     # jitter covers dusk and overcast light; horizontal flips are safe for both classes (a mirrored
     # STOP sign is still a red octagon, and the letters are a few pixels at these input sizes).
@@ -26,7 +26,7 @@ def augmentations(spec: InputSpec, scale_range: tuple[float, float] = (0.5, 1.3)
         [
             # Brightness/contrast/saturation only: hue shifts would turn STOP-sign red into other colours.
             v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.4),
-            v2.RandomAffine(degrees=0.0, translate=(0.1, 0.1), scale=scale_range, fill=spec.pad_value),
+            v2.RandomAffine(degrees=0.0, translate=(0.1, 0.1), scale=(0.5, 1.3), fill=spec.pad_value),
             v2.RandomHorizontalFlip(),
             v2.SanitizeBoundingBoxes(min_size=2.0),
         ]
@@ -40,11 +40,10 @@ class DetectionDataset(Dataset):
     the sample's source in ``sources``, -1 when it is not there).
     """
 
-    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool, sources: Sequence[str] = (),
-                 scale_range: tuple[float, float] = (0.5, 1.3)) -> None:
+    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool, sources: Sequence[str] = ()) -> None:
         self.samples = samples
         self.spec = spec
-        self.augment = augmentations(spec, scale_range) if augment else None
+        self.augment = augmentations(spec) if augment else None
         self.sources = list(sources)
 
     def __len__(self) -> int:

@@ -290,7 +290,7 @@ def build_loop(config: TrainConfig, models: Models, plan: Plan, data: TrainData,
     spec = models.student.spec
     sources = sorted({s.source for s in data.train + data.val})
     photos = one_per_group(data.train, config.seed) if config.one_copy_per_photo else list(data.train)
-    dataset = DetectionDataset(photos, spec.input, augment=True, sources=sources, scale_range=config.scale_range)
+    dataset = DetectionDataset(photos, spec.input, augment=True, sources=sources)
     if world > 1:
         sampler: EpochPhotos | DistributedSampler = DistributedSampler(dataset, world, rank, shuffle=True,
                                                                         seed=config.seed)
@@ -357,7 +357,7 @@ def train_epoch(config: TrainConfig, models: Models, loop: Loop, device: torch.d
         dense = read_dense(loop.wrapped(images), spec.decode, spec.input.width, spec.input.height)
         kept, unlabelled = _targets(targets, sources, loop.supervised_rows, device)
         losses = detection_loss(dense, kept, spec.decode.num_classes, taught, loop.teacher_rows,
-                                config.distill_weight, config.box_distill_weight, unlabelled, config.l1_box_weight,
+                                config.distill_weight, config.box_distill_weight, unlabelled,
                                 config.teacher_box_weight)
         loop.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

@@ -163,7 +163,6 @@ def detection_loss(
     distill_weight: float = 1.0,
     box_distill_weight: float = 0.0,
     unlabelled: torch.Tensor | None = None,
-    l1_box_weight: float = 0.0,
     teacher_box_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Loss of a batch.
@@ -180,13 +179,12 @@ def detection_loss(
             are pulled toward the teacher's, so that box layers shared by all classes learn the labelled classes'
             boxes without moving the others'.
         unlabelled: (B, num_classes) bool, per image the classes its labels do not teach (box distillation).
-        l1_box_weight: Weight of an L1 term on the assigned boxes, in strides (YOLOX adds it for its last epochs).
         teacher_box_weight: Pull every box toward the teacher's where the teacher sees an object of any target
             class, labelled ones included: the labels then teach boxes only where the teacher sees none.
     """
     probs = class_probs(student, num_classes).detach()
     device = student.obj.device
-    n_fg, box_l, cls_l, l1_l = 0, student.obj.new_zeros(()), student.obj.new_zeros(()), student.obj.new_zeros(())
+    n_fg, box_l, cls_l = 0, student.obj.new_zeros(()), student.obj.new_zeros(())
     obj_target = torch.zeros_like(student.obj)
     for i, (gt_boxes, gt_labels) in enumerate(targets):
         gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
@@ -199,8 +197,6 @@ def detection_loss(
         n_fg += int(fg.sum())
         obj_target[i, fg] = 1.0
         box_l = box_l + giou_loss(student.boxes[i, fg], gt_boxes[matched[fg]]).sum()
-        if l1_box_weight > 0:
-            l1_l = l1_l + ((student.boxes[i, fg] - gt_boxes[matched[fg]]).abs() / student.strides[fg, None]).sum()
         labels = gt_labels[matched[fg]]
         if student.softmax:
             cls_l = cls_l + F.cross_entropy(student.cls[i, fg], labels, reduction="sum")
@@ -219,8 +215,6 @@ def detection_loss(
     neg_w = distill_weight if teacher is not None else 1.0
     obj_l = obj_l + neg_w * soft_kl(student.obj[~fg_mask], neg_target[~fg_mask]).sum()
     out = {"box": 5.0 * box_l / norm, "obj": obj_l / norm, "cls": cls_l / norm}
-    if l1_box_weight > 0:
-        out["l1"] = l1_box_weight * l1_l / norm
     if teacher is not None and distill_weight > 0:
         out["distill"] = distill_weight * distill_classes(student, teacher, teacher_class_rows) / norm
     if teacher is not None and box_distill_weight > 0 and unlabelled is not None and unlabelled.any():
@@ -229,6 +223,8 @@ def detection_loss(
         weight = teacher.obj.sigmoid() * (t_probs * unlabelled[:, None, :]).amax(-1) * ~fg_mask
         out["box_distill"] = box_distill_weight * distill_boxes(student, teacher, weight) / norm
     if teacher is not None and teacher_box_weight > 0:
+        # A few dozen labelled boxes scatter as much as the COCO model's own (docs/training.md): training on them
+        # lost AP at IoU 0.95 while the labels taught objects COCO does not know (the backs of stop signs).
         t_probs = class_probs(teacher, teacher.cls.shape[-1])[..., teacher_class_rows[:num_classes]]
         weight = teacher.obj.sigmoid() * t_probs.amax(-1)
         out["teacher_box"] = teacher_box_weight * distill_boxes(student, teacher, weight) / norm
