@@ -112,7 +112,8 @@ class Frame:
     """One frame from a source, with when it was captured.
 
     Attributes:
-        image: BGR uint8 (H, W, 3).
+        image: BGR uint8 (H, W, 3), a new array per frame. Never drawn on in place (draw on a copy): the
+            events stage keeps frames, uncopied, for the best snapshots of the objects it tracks.
         index: Frame number at the source, counting every frame read (also those dropped later), from 0.
         time: Wall-clock capture time (``time.time()``), for events.
         mono: ``time.monotonic()`` at capture, for frame ages and latencies.

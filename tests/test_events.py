@@ -75,7 +75,9 @@ def test_updates_are_rate_limited_and_carry_the_better_snapshot(tmp_path, mirror
     pipeline = EventPipeline(cfg, LABELS, "b", SHA)
     # The score climbs from 0.50 to 0.95 over 4.5 s: every frame is a better snapshot than the last one written.
     sequence = [person(100 + i, score=0.5 + 0.01 * i) for i in range(46)] + [Detections.empty()] * 25
+    original = image.copy()
     events = run(pipeline, sequence, image)
+    assert np.array_equal(image, original)  # snapshots are drawn on a copy, never on the frame
     kinds = [e.type for e in events]
     assert kinds[0] == "new" and kinds[-1] == "end" and set(kinds[1:-1]) == {"update"}
     times = [e.frame_time for e in events if e.type != "end"]
@@ -87,6 +89,20 @@ def test_updates_are_rate_limited_and_carry_the_better_snapshot(tmp_path, mirror
     assert snapshot.name == f"{end.id}.jpg" and snapshot.parent == (tmp_path / "snaps" / "gate").resolve()
     assert cv2.imread(str(snapshot)).shape == image.shape
     assert all(e.snapshot == end.snapshot for e in events)  # one file per object, replaced when better
+
+
+def test_the_snapshot_shows_the_frame_of_the_best_score(tmp_path):
+    pipeline = EventPipeline(make_config(tmp_path, snapshots=True), LABELS, "b", SHA)
+    # Each frame its own grey level; the score peaks on frame 6 (grey 60) and the object ends after frame 9.
+    scores = [0.6, 0.62, 0.7, 0.75, 0.8, 0.85, 0.95, 0.9, 0.8, 0.7]
+    events = []
+    for i in range(40):
+        detections = person(100 + i, score=scores[i]) if i < len(scores) else Detections.empty()
+        events += pipeline.update(frame(i, np.full((480, 640, 3), min(10 * i, 250), np.uint8)), detections)
+    end = events[-1]
+    assert end.type == "end" and end.top_score == pytest.approx(0.95)
+    snapshot = cv2.imread(end.snapshot)
+    assert abs(int(np.median(snapshot)) - 60) <= 2  # frame 6, kept when it scored best, not a later one
 
 
 def test_zone_change_goes_out_at_once(tmp_path):

@@ -170,6 +170,9 @@ def test_unknown_classes():
     tracker = Tracker(TrackerConfig(min_hits=1), {"pedestrian": ClassRule()}, LABELS)
     run(tracker, [dets(((10, 10, 50, 50), 0.9, 1))] * 3)
     assert tracker.tracks() == []
+    # Class ids outside the model's labels (a mismatched bundle) and NaN scores are ignored, not an error.
+    run(tracker, [dets(((10, 10, 50, 50), 0.9, 7), ((60, 10, 90, 50), 0.9, -1), ((100, 10, 140, 50), np.nan, 0))] * 3)
+    assert tracker.tracks() == []
 
 
 # --- zones ------------------------------------------------------------------------------------------------

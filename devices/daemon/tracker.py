@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -87,16 +88,12 @@ class Track:
     crossings: list[str] = field(default_factory=list)  # line directions not yet reported
     line_anchor: Point | None = None  # last position clearly off the line
 
-    def predicted(self, mono: float) -> np.ndarray:
-        """The box moved by the track's velocity to time ``mono``."""
-        shift = self.velocity * (mono - self.last_mono)
-        return self.box + np.concatenate([shift, shift])
-
     def median_score(self) -> float:
-        return float(np.median(self.scores)) if self.scores else 0.0
+        # statistics, not numpy: on 30 floats np.median takes 12 us, statistics.median 0.4 us (timeit)
+        return float(statistics.median(self.scores)) if self.scores else 0.0
 
     def view(self) -> TrackView:
-        box = tuple(round(float(v), 1) for v in self.box)
+        box = tuple(round(v, 1) for v in self.box.tolist())
         return TrackView(self.uid, self.label, box, round(self.score, 4), self.confirmed, self.zones, self.missed)
 
 
@@ -201,6 +198,13 @@ class Tracker:
         self.zones: tuple[Zone, ...] = ()
         self.line: Line | None = None
         self._tracks: list[Track] = []
+        # Per class id of the model: the class's thresholds, +inf for untracked classes (never usable).
+        self._min_score = np.array([self._rule_value(label, "min_score") for label in self.labels], np.float32)
+        self._min_area = np.array([self._rule_value(label, "min_area") for label in self.labels], np.float32)
+
+    def _rule_value(self, label: str, name: str) -> float:
+        rule = self.rules.get(label)
+        return float(getattr(rule, name)) if rule is not None else np.inf
 
     def update(self, frame: Frame, detections: Detections | None) -> TrackerStep:
         """Match this frame's detections (None: the detector did not run) and age the tracks."""
@@ -239,17 +243,18 @@ class Tracker:
         self.line = Line.from_config(self._line_cfg, self._size) if self._line_cfg else None
         self._line_margin = self._line_cfg.margin * height if self._line_cfg else 0.0
 
-    def _usable(self, detections: Detections) -> list[tuple[str, np.ndarray, float]]:
-        """The detections of tracked classes above their class's ``min_score`` and ``min_area``."""
-        usable = []
-        for box, score, class_id in zip(detections.boxes, detections.scores, detections.class_ids, strict=True):
-            label = self.labels[int(class_id)] if 0 <= int(class_id) < len(self.labels) else None
-            rule = self.rules.get(label) if label is not None else None
-            if rule is None or score < rule.min_score:
-                continue
-            if (box[2] - box[0]) * (box[3] - box[1]) < rule.min_area:
-                continue
-            usable.append((label, np.asarray(box, np.float32), float(score)))
+    def _usable(self, detections: Detections) -> dict[str, list[tuple[np.ndarray, float]]]:
+        """Per tracked label, its detections above the class's ``min_score`` and ``min_area``: (box, score)."""
+        boxes = np.array(detections.boxes, np.float32).reshape(-1, 4)  # a copy: tracks keep rows of it
+        class_ids = np.asarray(detections.class_ids, np.int64)
+        known = (class_ids >= 0) & (class_ids < len(self.labels))
+        ids = np.where(known, class_ids, 0)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = known & (detections.scores >= self._min_score[ids]) & (area >= self._min_area[ids])
+        usable: dict[str, list[tuple[np.ndarray, float]]] = {}
+        scores = detections.scores.tolist()
+        for k in np.flatnonzero(keep).tolist():
+            usable.setdefault(self.labels[ids[k]], []).append((boxes[k], scores[k]))
         return usable
 
     def _associate(self, frame: Frame, detections: Detections) -> list[Track]:
@@ -257,7 +262,7 @@ class Tracker:
         usable = self._usable(detections)
         matched: list[Track] = []
         for label in self.rules:
-            dets = [(box, score) for lab, box, score in usable if lab == label]
+            dets = usable.get(label, [])
             tracks = [t for t in self._tracks if t.label == label]
             pairs = self._match(tracks, [box for box, _ in dets], frame.clock) if dets and tracks else []
             for ti, di in pairs:
@@ -288,8 +293,13 @@ class Tracker:
     def _match(self, tracks: list[Track], boxes: list[np.ndarray], mono: float) -> list[tuple[int, int]]:
         """(track, detection) pairs: by IoU first, then the leftovers by distance."""
         detected = np.stack(boxes)
-        predicted = np.stack([t.predicted(mono) for t in tracks])
-        iou = np.maximum(iou_matrix(predicted, detected), iou_matrix(np.stack([t.box for t in tracks]), detected))
+        last = np.stack([t.box for t in tracks])
+        # Where each track should be now: its last box moved by its velocity.
+        elapsed = np.array([mono - t.last_mono for t in tracks], np.float32)[:, None]
+        shift = np.stack([t.velocity for t in tracks]) * elapsed
+        predicted = last + np.concatenate([shift, shift], axis=1)
+        overlap = iou_matrix(np.concatenate([predicted, last]), detected)
+        iou = np.maximum(overlap[: len(tracks)], overlap[len(tracks) :])
         pairs = greedy_match(iou, self.cfg.iou)
         rows = [r for r in range(len(tracks)) if r not in {p[0] for p in pairs}]
         cols = [c for c in range(len(boxes)) if c not in {p[1] for p in pairs}]
