@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devices.daemon.tracker import iou_matrix
+
 #: Matched at IoU 0.5 by score, greedily (COCO's rule at its first threshold).
 MATCH_IOU = 0.5
 
@@ -37,16 +39,9 @@ class Photo:
     scores: np.ndarray
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), -1)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], -1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
 def greedy_match(p: Photo) -> tuple[list[tuple[int, int, float]], list[int], list[int]]:
     """(detection, box, IoU) pairs, unmatched detections, unmatched boxes."""
-    ious = box_iou(p.det, p.gt) if len(p.det) and len(p.gt) else np.zeros((len(p.det), len(p.gt)))
+    ious = iou_matrix(p.det, p.gt) if len(p.det) and len(p.gt) else np.zeros((len(p.det), len(p.gt)))
     free, pairs, fps = set(range(len(p.gt))), [], []
     for d in range(len(p.det)):
         j = max(free, key=lambda j: ious[d, j], default=None)
