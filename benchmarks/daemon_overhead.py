@@ -48,22 +48,37 @@ from devices.daemon.config import DaemonConfig
 from devices.daemon.service import Daemon
 from devices.host import machine
 from devices.runner import BundleDetector
-from devices.sources import Source
+from devices.sources import Source, readers
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class TimedDetector:
-    """A detector that records (start, end) of every call, to find what lies between two calls."""
+    """A detector that records (start, end) of every call, to find what lies between two calls.
+
+    It has the three stages of ``devices.detector.TimedDetector`` as the daemon's loop calls them (it hands
+    the last result on between ``prepare`` and ``run_model``); a call is timed from ``prepare`` to ``decode``.
+    """
 
     def __init__(self, inner: BundleDetector) -> None:
         self.inner, self.bundle, self.labels = inner, inner.bundle, inner.labels
         self.calls: list[tuple[float, float]] = []
+        self._start = 0.0
 
     def __call__(self, image: np.ndarray):
-        start = time.perf_counter()
-        detections = self.inner(image)
-        self.calls.append((start, time.perf_counter()))
+        tensor, placement = self.prepare(image)
+        return self.decode(self.run_model(tensor), placement, image.shape)
+
+    def prepare(self, image: np.ndarray):
+        self._start = time.perf_counter()
+        return self.inner.prepare(image)
+
+    def run_model(self, tensor: np.ndarray):
+        return self.inner.run_model(tensor)
+
+    def decode(self, outputs, placement, frame_shape):
+        detections = self.inner.decode(outputs, placement, frame_shape)
+        self.calls.append((self._start, time.perf_counter()))
         return detections
 
     def close(self) -> None:
@@ -77,30 +92,17 @@ class TimedDetector:
         return statistics.median(durations) * 1000, statistics.median(gaps) * 1000
 
 
-class MemoryReader:
-    """A ``devices.sources.readers.Reader`` over frames already decoded (the benchmark's camera)."""
+class MemoryReader(readers.MemoryReader):
+    """The decoded video as the benchmark's camera; it notes when the first frame was taken."""
 
     def __init__(self, frames: list[np.ndarray], fps: float) -> None:
-        self.frames, self.fps, self.expected_frames = frames, fps, len(frames)
-        self._next = 0
+        super().__init__(frames, fps)
         self.first_read: tuple[float, float] | None = None  # (monotonic, process CPU seconds) at the first frame
 
-    def check(self) -> None:
-        pass
-
-    def open(self) -> None:
-        self._next = 0
-
     def read(self) -> tuple[bool, np.ndarray | None]:
-        if self._next >= len(self.frames):
-            return False, None
         if self.first_read is None:
             self.first_read = (time.monotonic(), time.process_time())
-        self._next += 1
-        return True, self.frames[self._next - 1]
-
-    def close(self) -> None:
-        pass
+        return super().read()
 
 
 def decode(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:

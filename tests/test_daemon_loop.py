@@ -1,5 +1,6 @@
-"""The daemon's parts in-process: a stuck detector abandoned and reopened, frame observers, the HTTP
-server's routes and token, and the sd_notify protocol on a real unix datagram socket."""
+"""The daemon's parts in-process: a stuck detector abandoned and reopened, when results are handed to the
+events stage, frame observers, the HTTP server's routes and token, and the sd_notify protocol on a real unix
+datagram socket."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pytest
 
 from devices.daemon.config import DaemonConfig
 from devices.daemon.http import HttpServer, Response, bearer_token_ok
+from devices.daemon.loop import HAND_ON_BATCH, HAND_ON_WAIT, Loop
 from devices.daemon.service import Daemon, ExitCode, bundle_detector_factory
 from devices.daemon.systemd import Notifier
+from devices.sources import Source
+from devices.sources.readers import MemoryReader
 from devices.types import Detections, Frame
 
 INT8 = "yolox-nano-tflite-int8"
@@ -45,26 +49,46 @@ class _HangsOnce:
         self.bundle, self.labels = inner.bundle, inner.labels
 
     def __call__(self, image: np.ndarray) -> Detections:
+        self._count()
+        return self.inner(image)
+
+    def _count(self) -> None:
         self.calls += 1
         if self.calls == self.hang_on:
             self.release.wait()
-        return self.inner(image)
 
     def close(self) -> None:
         self.inner.close()
 
 
-def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+class _HangsOnceInTheModel(_HangsOnce):
+    """The same with the three stages of ``devices.detector.TimedDetector``: it hangs in ``run_model``, after
+    the loop handed on what it held."""
+
+    def prepare(self, image: np.ndarray):
+        return self.inner.prepare(image)
+
+    def run_model(self, tensor: np.ndarray):
+        self._count()
+        return self.inner.run_model(tensor)
+
+    def decode(self, outputs, placement, frame_shape) -> Detections:
+        return self.inner.decode(outputs, placement, frame_shape)
+
+
+@pytest.mark.parametrize("kind", [_HangsOnce, _HangsOnceInTheModel])
+def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Path, tmp_path: Path, kind) -> None:
     cfg = _config(test_bundles, clip, tmp_path, detect_timeout=1.0)
     opened, release = [], threading.Event()
     real = bundle_detector_factory(cfg)
 
     def open_detector(path: Path):
-        detector = _HangsOnce(real(path), hang_on=10 if not opened else 0, release=release)
+        detector = kind(real(path), hang_on=10 if not opened else 0, release=release)
         opened.append(detector)
         return detector
 
-    daemon = Daemon(cfg, open_detector=open_detector)
+    seen: list[int] = []
+    daemon = Daemon(cfg, open_detector=open_detector, observers=[lambda frame, d, t: seen.append(frame.index)])
     started = time.monotonic()
     code = _run_in_thread(daemon)
     release.set()
@@ -73,7 +97,84 @@ def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Pa
     assert counters.detector_stalls == 1 and len(opened) == 2
     assert counters.frames_in == 60 and counters.detected == 59  # only the frame it was stuck on is lost
     assert counters.processed == 59
+    assert seen == [i for i in range(60) if i != 9]  # what the stuck thread held went on first, in order
     assert time.monotonic() - started < 30
+
+
+# --- when results reach the events stage ------------------------------------------------------------------
+
+
+class _StagedModel:
+    """A detector with stages whose model call takes ``seconds``; it notes how many results the loop still
+    held, not yet handed to the events stage, each time the model starts."""
+
+    labels = ("pedestrian",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.loop, self.held_at_model = seconds, None, []
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        return self.decode(self.run_model(self.prepare(image)[0]), None, image.shape)
+
+    def prepare(self, image: np.ndarray):
+        return image, None
+
+    def run_model(self, tensor: np.ndarray):
+        self.held_at_model.append(len(self.loop._held))
+        time.sleep(self.seconds)
+        return [tensor]
+
+    def decode(self, outputs, placement, frame_shape) -> Detections:
+        return Detections.empty()
+
+    def close(self) -> None:
+        pass
+
+
+class _Recorder:
+    """An event pipeline that notes the frames it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def update(self, frame: Frame, detections: Detections | None) -> list:
+        self.frames.append(frame.index)
+        return []
+
+    def tracks(self) -> list:
+        return []
+
+    def finish(self, frame_time: float) -> list:
+        return []
+
+
+def _run_loop(clip: Path, detector: _StagedModel, frames: int) -> _Recorder:
+    images = [np.full((48, 64, 3), i, np.uint8) for i in range(frames)]  # read as fast as the loop takes them
+    source = Source(DaemonConfig.model_validate({"bundle": "b", "source": {"uri": str(clip)}}).source,
+                    reader_factory=lambda: MemoryReader(images))
+    recorder = _Recorder()
+    with source:
+        loop = Loop(source, detector, pipeline=recorder)
+        detector.loop = loop
+        loop.start()
+        assert loop.wait(30), "the loop did not finish"
+        loop.stop(2.0)
+    return recorder
+
+
+def test_results_of_a_fast_model_go_on_in_small_batches_in_order(clip: Path) -> None:
+    detector = _StagedModel(seconds=0.001)
+    recorder = _run_loop(clip, detector, frames=40)
+    assert recorder.frames == list(range(40))  # every result, in order, none left held at the end
+    assert max(detector.held_at_model) == HAND_ON_BATCH - 1  # the next frames were waiting: results batched
+    assert min(detector.held_at_model) == 0
+
+
+def test_results_of_a_slow_model_go_on_before_its_next_call(clip: Path) -> None:
+    detector = _StagedModel(seconds=HAND_ON_WAIT * 1.5)
+    recorder = _run_loop(clip, detector, frames=8)
+    assert recorder.frames == list(range(8))
+    assert detector.held_at_model == [0] * 8  # never held through a model call longer than HAND_ON_WAIT
 
 
 def test_observers_see_every_frame_of_a_file_and_a_failing_one_is_counted(test_bundles: Path, clip: Path,
