@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import itertools
 import json
 import os
 import re
@@ -132,6 +133,9 @@ def report(args: argparse.Namespace, samples: list[dict], final: dict, code: int
         print(f"| {name} | {fps:.1f} | {cpu:.2f} |")
     (f0, c0), (f1, c1) = rows["first tenth"], rows["last tenth"]
     print(f"| last / first | **{f1 / f0:.3f}** | **{c1 / c0:.3f}** |")
+    bounds = [args.frames * k // 10 for k in range(11)]
+    print("wall FPS of each tenth: " + ", ".join(
+        f"{(b - a) / (at(samples, b, 't') - at(samples, a, 't')):.1f}" for a, b in itertools.pairwise(bounds)))
     print(f"\nresident memory: {warm:.1f} MB after {args.warmup} frames, {end:.1f} MB at the end "
           f"(**{end - warm:+.1f} MB**), peak after warm-up {peak:.1f} MB")
     marks = [args.warmup] + [args.frames * k // 10 for k in range(1, 11)]

@@ -226,6 +226,20 @@ def test_recipe_names_a_bad_setting_and_chooses_the_size_after_training() -> Non
         recipe(model="fastestdet", train_layers="class_rows")
 
 
+def test_your_photos_get_the_recipe_measured_on_your_photos_and_your_settings_still_win(tmp_path: Path) -> None:
+    from toolkit.train import recipe
+    from toolkit.train.config import WITH_DATA
+
+    mine = [str(tmp_path / "mine.json")]
+    plain, yours = recipe(), recipe(data=mine)
+    assert (plain.train_layers, plain.min_steps, plain.teacher_box_weight) == ("auto", 120, 0.0)
+    assert (yours.train_layers, yours.min_steps, yours.distill_weight, yours.teacher_box_weight) == (
+        "head", 360, 1.0, 1.0)
+    assert recipe(data=mine, train_layers="outputs", min_steps=50).model_dump().items() >= {
+        "train_layers": "outputs", "min_steps": 50, "teacher_box_weight": 1.0}.items()
+    assert "fastestdet" not in WITH_DATA and recipe(model="fastestdet", data=mine).train_layers == "auto"
+
+
 def _user_set(samples: list, path: Path) -> Path:
     from toolkit.data.coco import to_coco
 
