@@ -23,7 +23,9 @@ so ``call / (call + gap)`` (medians) is the FPS ratio the loop itself allows.
 Latency (capture to the end of the events stage, and to events being durable when the event pipeline runs)
 is reported twice: at full speed on the file (it includes the frames the capture thread reads ahead, up to
 ``FILE_QUEUE``) and paced like a camera at the video's 10 fps (``realtime``).
-A last row runs ``edgesight run`` on the file itself (decoding included) as a user would.
+A last row runs ``edgesight run`` on the file itself (decoding included) as a user would. With ``--loop-alone``
+each round also runs the daemon without its events stage (no tracker, events, snapshots or sinks): the part of
+the overhead that is the loop itself, apart from the work done on the results.
 """
 
 from __future__ import annotations
@@ -105,6 +107,14 @@ class MemoryReader(readers.MemoryReader):
         return super().read()
 
 
+class LoopAlone(Daemon):
+    """The daemon without its events stage (no tracker, events, snapshots or sinks): what the loop costs alone."""
+
+    def _make_loop(self, detector):
+        self.pipeline = None
+        return super()._make_loop(detector)
+
+
 def decode(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:
     cap = cv2.VideoCapture(str(video))
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
@@ -131,7 +141,7 @@ def bare_run(bundle: Path, threads: int, frames: list[np.ndarray]) -> dict:
 
 
 def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float, realtime: bool,
-               video: Path) -> dict:
+               video: Path, loop_alone: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
     cfg = DaemonConfig.model_validate({
         "bundle": str(bundle), "threads": threads, "http": None, "watch_bundle": False,
@@ -149,7 +159,7 @@ def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float,
         opened.append(TimedDetector(BundleDetector(path, threads=threads)))
         return opened[-1]
 
-    daemon = Daemon(cfg, open_detector=open_detector, source=source)
+    daemon = (LoopAlone if loop_alone else Daemon)(cfg, open_detector=open_detector, source=source)
     code = daemon.run()
     cpu_end = time.process_time()  # after the shutdown (sinks flushed, spool closed): charged to the daemon
     assert code == 0, code
@@ -157,7 +167,7 @@ def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float,
     done = daemon.loop.counters.processed
     assert daemon.loop.counters.detected == done == len(frames) or realtime, daemon.loop.counters
     call, gap = opened[0].call_and_gap_ms()
-    events = sum(1 for _ in (work / "events.jsonl").open())
+    events = sum(1 for _ in (work / "events.jsonl").open()) if not loop_alone else 0
     shutil.rmtree(work)
     (first_mono, first_cpu), last_mono = reader.first_read, daemon.loop.counters.last_processed_mono
     return {"fps": done / (last_mono - first_mono), "cpu_ms": (cpu_end - first_cpu) / done * 1000,
@@ -179,6 +189,11 @@ def cli_fps(bundle: Path, threads: int, video: Path, tmp: Path) -> float:
     return frames / total
 
 
+def _ratio_cell(bare: list[dict], runs: list[dict]) -> str:
+    ratios = [d["fps"] / b["fps"] for b, d in zip(bare, runs, strict=True)]
+    return f" {statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "runs/test-bundles/yolox-nano-tflite-int8")
@@ -187,6 +202,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--paced-frames", type=int, default=200, help="Frames of the camera-like (10 fps) run.")
+    parser.add_argument("--loop-alone", action="store_true",
+                        help="Also run, each round, the daemon without its events stage (tracker, events, snapshots, "
+                             "sinks): how much of the overhead is the loop and how much the work on the results.")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     frames, fps = decode(args.video, None)
@@ -194,10 +212,13 @@ def main() -> None:
           f"{frames[0].shape[1]}x{frames[0].shape[0]}), motion gate off; {machine()}")
     bare: dict[int, list[dict]] = {t: [] for t in threads}
     full: dict[int, list[dict]] = {t: [] for t in threads}
+    alone: dict[int, list[dict]] = {t: [] for t in threads}
     for _ in range(args.rounds):  # interleaved, so that the neighbours' load hits both alike
         for t in threads:
             bare[t].append(bare_run(args.bundle, t, frames))
             full[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video))
+            if args.loop_alone:
+                alone[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video, loop_alone=True))
     paced = {t: daemon_run(args.bundle, t, frames[: args.paced_frames], fps, True, args.video) for t in threads}
     tmp = Path(tempfile.mkdtemp(prefix="overhead-cli-"))
     cli = {t: cli_fps(args.bundle, t, args.video, tmp) for t in threads}
@@ -207,8 +228,9 @@ def main() -> None:
     print("| threads | detector call ms, bare / daemon | gap between calls ms, bare / daemon | "
           "**critical path: call / (call + gap)** | CPU ms/frame, bare / daemon | **bare CPU / daemon CPU** | "
           "wall FPS, bare / daemon | **wall FPS ratio per round: median (min-max)** | "
-          "`edgesight run` on the file, decoding included, wall FPS |")
-    print("|---:|---|---|---:|---|---:|---|---:|---:|")
+          "`edgesight run` on the file, decoding included, wall FPS |"
+          + (" loop alone: wall FPS ratio |" if args.loop_alone else ""))
+    print("|---:|---|---|---:|---|---:|---|---:|---:|" + ("---:|" if args.loop_alone else ""))
     for t in threads:
         med = {k: (statistics.median(r[k] for r in bare[t]), statistics.median(r[k] for r in full[t]))
                for k in ("call_ms", "gap_ms", "cpu_ms", "fps")}
@@ -218,7 +240,8 @@ def main() -> None:
         ratios = [d["fps"] / b["fps"] for b, d in zip(bare[t], full[t], strict=True)]
         print(f"| {t} | {med['call_ms'][0]:.2f} / {call:.2f} | {med['gap_ms'][0]:.3f} / {gap:.3f} | "
               f"**{call / (call + gap):.3f}** | {bc:.2f} / {dc:.2f} | **{bc / dc:.3f}** | {bf:.1f} / {df:.1f} | "
-              f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | {cli[t]:.1f} |")
+              f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | {cli[t]:.1f} |"
+              + (_ratio_cell(bare[t], alone[t]) if args.loop_alone else ""))
     print("\n| threads | run | frames | events | capture->processed p50 / p99 ms | capture->event durable "
           "p50 / p99 ms | frames dropped |")
     print("|---:|---|---:|---:|---|---|---:|")

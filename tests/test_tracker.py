@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from devices.daemon.config import ClassRule, LineConfig, TrackerConfig, ZoneConfig
-from devices.daemon.tracker import Tracker, greedy_match, iou_matrix
+from devices.daemon.tracker import Tracker, closeness, greedy_match, iou, iou_matrix
 from devices.daemon.zones import Line
 from devices.errors import ConfigError
 from devices.types import Detections, Frame
@@ -70,10 +70,19 @@ def when(steps, what: str) -> list[tuple[int, str]]:
 def test_iou_and_greedy_matching():
     a = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
     b = np.array([[20, 20, 30, 30], [5, 0, 15, 10], [100, 100, 110, 110]], np.float32)
-    iou = iou_matrix(a, b)
-    assert iou[0, 1] == pytest.approx(50 / 150) and iou[1, 0] == pytest.approx(1.0) and iou[:, 2].max() == 0
-    assert sorted(greedy_match(iou, 0.3)) == [(0, 1), (1, 0)]
-    assert greedy_match(iou, 0.5) == [(1, 0)]
+    overlap = iou_matrix(a, b)
+    assert overlap[0, 1] == pytest.approx(50 / 150) and overlap[1, 0] == pytest.approx(1.0) and overlap[:, 2].max() == 0
+    assert sorted(greedy_match(overlap, 0.3)) == [(0, 1), (1, 0)]
+    assert greedy_match(overlap, 0.5) == [(1, 0)]
+    assert greedy_match([[0.5, 0.5], [0.5, 0.0]], 0.1) == [(0, 0)]  # ties: row-major order
+    assert iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching is not overlapping
+
+
+def test_closeness_by_centre_distance_and_similar_height():
+    assert closeness((0, 0, 10, 20), (0, 0, 10, 20)) == 1.0
+    assert closeness((0, 0, 10, 20), (0, 10, 10, 30)) == pytest.approx(0.5)  # centres 10 px apart, height 20
+    assert closeness((0, 0, 10, 20), (0, 40, 10, 60)) == 0.0  # further apart than a height
+    assert closeness((0, 0, 10, 20), (0, 0, 10, 50)) == 0.0  # heights differ by more than 2x
 
 
 def test_one_walker_new_after_min_hits_end_after_max_missing():

@@ -167,7 +167,7 @@ class _Reported:
     snapshot: str | None = None
     best_score: float = -1.0
     best_image: np.ndarray | None = None
-    best_box: np.ndarray | None = None
+    best_box: tuple[float, float, float, float] | None = None
 
 
 class EventPipeline:
@@ -316,7 +316,7 @@ class EventPipeline:
             if track.score > reported.best_score:
                 reported.best_score = track.score
                 reported.best_image = frame.image
-                reported.best_box = track.box.copy()
+                reported.best_box = track.box
 
     def _write_snapshot(self, track: Track, reported: _Reported) -> None:
         if self.snapshots is None or reported.best_image is None:
