@@ -3,6 +3,7 @@ teach what they label and nothing else; best.pt and the input size are chosen pe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from toolkit.evaluate.by_source import ImageMatches, Matches, average_precision
 from toolkit.evaluate.torch_detector import TorchDetector
 from toolkit.train.dataset import DetectionDataset, collate, one_per_group
 from toolkit.train.distill import teacher_rows
-from toolkit.train.loop import _freeze_norm, lr_factor
+from toolkit.train.loop import _freeze_norm, lr_factor, missed_photos
 from toolkit.train.loss import detection_loss, read_dense
 
 
@@ -94,6 +95,17 @@ def test_dataset_boxes_follow_the_letterbox(mirror: Path) -> None:
     r = min(416 / sample.width, 416 / sample.height)
     np.testing.assert_allclose(boxes.numpy(), sample.boxes * r, rtol=1e-5)
     assert image.shape == (3, 416, 416) and labels.tolist() == sample.labels.tolist()
+
+
+def test_photos_with_a_labelled_object_the_zero_shot_model_misses_are_found(mirror: Path) -> None:
+    train, _ = default_splits(mirror=str(mirror))
+    photos = [s for s in train if s.source == "roadsign_kaggle_stop"][:3]
+    model = create_model("yolox-nano", num_classes=2, pretrained=True, mirror=str(mirror))
+    assert missed_photos(model, photos) == []  # the COCO model finds these stop signs
+    # The same photo with a second "stop sign" labelled in a 16 px corner where there is none.
+    corner = dataclasses.replace(photos[1], boxes=np.vstack([photos[1].boxes, [[0, 0, 16, 16]]]).astype(np.float32),
+                                 labels=np.append(photos[1].labels, photos[1].labels[0]))
+    assert missed_photos(model, [photos[0], corner, photos[2]]) == [1]
 
 
 def test_teacher_box_term_holds_boxes_where_the_teacher_sees_a_target_object() -> None:
@@ -187,6 +199,27 @@ def test_size_choice_keeps_the_size_that_holds_every_source_and_class() -> None:
     assert choose_input_size(few, 416, user_sources=("signs",)).weights == "zero-shot"
 
 
+def test_a_larger_size_is_kept_only_when_it_gains_beyond_the_noise() -> None:
+    from toolkit.train.select import choose_input_size
+
+    def photos(aps: list[int], ms: float) -> Matches:
+        """Your photos of one source, one sign each, AP k/10 per photo."""
+        return Matches(("yours",) * len(aps), {"stop_sign": tuple(_image(k) for k in aps),
+                                               "pedestrian": tuple(_image(0, 0) for _ in aps)}, ms)
+
+    base = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9]
+    slightly = [7, 6, 7, 8, 9, 4, 6, 7, 8, 9]  # +0.01 on average, one photo better, one worse: within the noise
+    clearly = [8, 9, 9, 10, 10, 8, 9, 9, 10, 10]  # +0.24, every photo better
+    zero = ("zero-shot", 416)
+    choice = choose_input_size({zero: photos(base, 10), ("zero-shot", 512): photos(slightly, 15)}, 416,
+                               user_sources=("yours",))
+    assert (choice.weights, choice.size) == ("zero-shot", 416)
+    assert "512 (zero-shot) was not kept" in choice.note and "1.50x the time" in choice.note
+    choice = choose_input_size({zero: photos(base, 10), ("zero-shot", 512): photos(clearly, 15)}, 416,
+                               user_sources=("yours",))
+    assert (choice.size, choice.note) == (512, "")
+
+
 def test_best_checkpoint_never_trades_one_source_or_class_for_another() -> None:
     from toolkit.train.select import improves_on
 
@@ -238,6 +271,7 @@ def test_your_photos_get_the_recipe_measured_on_your_photos_and_your_settings_st
     assert recipe(data=mine, train_layers="outputs", min_steps=50).model_dump().items() >= {
         "train_layers": "outputs", "min_steps": 50, "teacher_box_weight": 1.0}.items()
     assert "fastestdet" not in WITH_DATA and recipe(model="fastestdet", data=mine).train_layers == "auto"
+    assert (plain.hard_repeat, yours.hard_repeat) == (1, 4)
 
 
 def _user_set(samples: list, path: Path) -> Path:

@@ -232,8 +232,8 @@ def _report_training(m: Manifest) -> list[str]:
     lines = ["## Input size and training", "",
              (f"`edgesight train` chose **{size['size']}x{size['size']}** with the {size['weights']} weights: among "
              "the candidates below, the one with the highest mean AP@[.5:.95] of those that lose no class on any "
-             f"validation source against the zero-shot model at its pretrained {native} (ms: PyTorch, per photo, on "
-             "the training machine)."), "",
+             f"validation source against the zero-shot model at its pretrained {native}, and a larger size only when "
+             "it gains beyond the noise of those photos (ms: PyTorch, per photo, on the training machine)."), "",
              "| candidate | mean AP over sources and classes | ms | time against the stock size | holds every class |",
              "|---|---:|---:|---:|---|"]
     for name, row in candidates.items():
@@ -241,6 +241,8 @@ def _report_training(m: Manifest) -> list[str]:
         mark = "**" if name == chosen else ""
         lines.append(f"| {mark}{name}{mark} | {row['mean_ap']:.3f} | {row['median_ms']:.1f} | {ratio} | "
                      f"{'yes' if row.get('holds', True) else 'no'} |")
+    if size.get("note"):
+        lines += ["", f"{size['note']}."]
     yours, bundled = t.get("your_photos") or {}, t.get("bundled") or {}
     gains = yours or bundled
     where = "your validation photos" if yours else "the bundled validation photos"

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -296,8 +297,13 @@ def build_loop(config: TrainConfig, models: Models, plan: Plan, data: TrainData,
                                                                         seed=config.seed)
     else:
         user = [i for i, s in enumerate(photos) if s.source in data.user_sources]
-        sampler = EpochPhotos(user, [i for i in range(len(photos)) if i not in set(user)], config.user_share,
-                              config.seed)
+        bundled = [i for i in range(len(photos)) if i not in set(user)]
+        if config.hard_repeat > 1 and user:
+            hard = missed_photos(models.student, [photos[i] for i in user])
+            log.info("%d of your %d training photos have an object the zero-shot model misses: drawn %dx an epoch",
+                     len(hard), len(user), config.hard_repeat)
+            user += [user[k] for k in hard] * (config.hard_repeat - 1)
+        sampler = EpochPhotos(user, bundled, config.user_share, config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         collate_fn=collate, drop_last=len(sampler) > config.batch_size,
                         generator=torch.Generator().manual_seed(config.seed))
@@ -386,6 +392,19 @@ def validate(model: torch.nn.Module, samples: Sequence[Sample], work_dir: Path, 
     return match(TorchDetector(model, score_threshold=EVAL_SCORE_THRESHOLD), samples, work_dir, model.spec.labels)
 
 
+def missed_photos(model: torch.nn.Module, samples: Sequence[Sample], score: float = 0.3) -> list[int]:
+    """Positions of the photos with a labelled object that ``model`` does not find (IoU 0.5, ``score``)."""
+    with tempfile.TemporaryDirectory(prefix="edgesight-hard-") as tmp:
+        matches = validate(model, samples, Path(tmp))
+    missed = set()
+    for per_image in matches.per_class.values():
+        for i, m in enumerate(per_image):
+            found = int((m.matched[0] & ~m.ignored[0] & (m.scores >= score)).sum())
+            if found < m.num_gt:
+                missed.add(i)
+    return sorted(missed)
+
+
 @dataclass
 class Progress:
     """The run's state between epochs: what last.pt holds for ``--resume``."""
@@ -459,7 +478,7 @@ def choose_size(config: TrainConfig, models: Models, loop: Loop, progress: Progr
     choice = choose_input_size(measured, models.native, data.user_sources, fixed=config.imgsz)
     final = copy.deepcopy(best if choice.weights == "fine-tuned" else zero)
     final.spec = at_input_size(final.spec, choice.size)
-    log.info("input size %d (%s weights)", choice.size, choice.weights)
+    log.info("input size %d (%s weights)%s", choice.size, choice.weights, f"; {choice.note}" if choice.note else "")
     return choice, final, zero
 
 

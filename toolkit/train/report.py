@@ -17,6 +17,8 @@ def summary_text(summary: dict) -> str:
         lost = "" if row.get("holds", True) else f", loses a class on some source against {native}"
         lines.append(f"  {'*' if name == chosen else ' '} {name}: mean AP {row['mean_ap']:.3f}, "
                      f"{row['median_ms']:.1f} ms{cost}{lost}")
+    if size.get("note"):
+        lines.append(f"  {size['note']}")
     if summary["your_photos"]:
         lines.append(f"your photos (their validation split), best.pt against the zero-shot model at {size['native']}:")
         lines += _rows(summary["your_photos"])

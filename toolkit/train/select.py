@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.base import TARGET_CLASSES
-from toolkit.evaluate.by_source import Matches
+from toolkit.evaluate.by_source import Matches, compare
 
 #: A bundled validation cell (one source, one class) with fewer boxes than this decides nothing: its AP moves by
 #: several points when one box is found or missed (coco128's validation part has 2 stop signs). The user's
@@ -75,21 +75,28 @@ class SizeChoice:
         table: Per candidate ``"<weights>@<size>"``: ``cells`` (AP per source and class), ``mean_ap``,
             ``median_ms`` (PyTorch, per photo, as the run measured it) and ``holds`` (no cell below the zero-shot
             model at its pretrained size).
+        note: Why a larger size with a higher mean AP was not kept, when that happened.
     """
 
     size: int
     weights: str
     native: int
     table: dict = field(default_factory=dict)
+    note: str = ""
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "weights": self.weights, "native": self.native, "candidates": self.table}
+        return {"size": self.size, "weights": self.weights, "native": self.native, "candidates": self.table,
+                "note": self.note}
 
 
 def choose_input_size(candidates: dict[tuple[str, int], Matches], native: int, user_sources: Sequence[str] = (),
                       fixed: int | None = None) -> SizeChoice:
     """Keep the (weights, size) with the highest mean AP among those that hold every measured cell of the zero-shot
     model at its pretrained size; ties go to the smaller, faster size and then to the fine-tuned weights.
+
+    A larger size costs time on every frame, so it is kept only when it beats the best candidate at a smaller size
+    beyond the noise of the deciding photos (``beats_beyond_noise``): on 13-17 photos of your own, a larger size
+    that was 0.6 points better there lost 1.6 on the photos the run never saw (docs/training.md).
 
     Args:
         candidates: ``(weights, size)`` -> matching on the deciding photos; must hold ``("zero-shot", native)``
@@ -101,12 +108,38 @@ def choose_input_size(candidates: dict[tuple[str, int], Matches], native: int, u
     floor_key = ("zero-shot", native) if ("zero-shot", native) in candidates else ("zero-shot", fixed)
     floor = cells(candidates[floor_key], user_sources)
     table, best, best_mean = {}, floor_key, mean_ap(floor)
+    held: dict[tuple[str, int], float] = {}
     for (weights, size), m in sorted(candidates.items(), key=lambda kv: (kv[0][1], kv[0][0] != "fine-tuned")):
         c = cells(m, user_sources)
-        held = holds(c, floor)
-        table[f"{weights}@{size}"] = {"cells": c, "mean_ap": mean_ap(c), "median_ms": m.median_ms, "holds": held}
+        table[f"{weights}@{size}"] = {"cells": c, "mean_ap": mean_ap(c), "median_ms": m.median_ms,
+                                      "holds": holds(c, floor)}
         if fixed is not None and size != fixed:
             continue
-        if (held and mean_ap(c) > best_mean) or (fixed is not None and best[1] != fixed):
+        if holds(c, floor):
+            held[(weights, size)] = mean_ap(c)
+        if (holds(c, floor) and mean_ap(c) > best_mean) or (fixed is not None and best[1] != fixed):
             best, best_mean = (weights, size), mean_ap(c)
-    return SizeChoice(best[1], best[0], native, table)
+    note = ""
+    smaller = [key for key in held if key[1] < best[1]]
+    if smaller:
+        runner_up = max(smaller, key=lambda key: held[key])  # the first of equals: the smaller size
+        beats, gains = beats_beyond_noise(candidates[best], candidates[runner_up], floor)
+        if not beats:
+            note = (f"{best[1]} ({best[0]}) was not kept: against {runner_up[1]} ({runner_up[0]}) it gained "
+                    f"{gains}, not beyond the noise of these photos, and costs "
+                    f"{candidates[best].median_ms / max(candidates[runner_up].median_ms, 1e-9):.2f}x the time")
+            best = runner_up
+    return SizeChoice(best[1], best[0], native, table, note)
+
+
+def beats_beyond_noise(model: Matches, reference: Matches, measured: Cells) -> tuple[bool, str]:
+    """Whether ``model`` loses no measured cell against ``reference`` and its mean gain over the cells exceeds their
+    mean bootstrap noise (paired, over each source's photos); with the gains as text, for the log."""
+    compared = [compare(model, reference, source, cls) for source, per in measured.items() for cls in per]
+    compared = [c for c in compared if c.gain is not None]
+    if not compared:
+        return False, "nothing measurable"
+    gains = [c.gain for c in compared]
+    noise = [c.noise or 0.0 for c in compared]
+    text = ", ".join(f"{c.gain:+.3f} ± {c.noise or 0.0:.3f}" for c in compared)
+    return min(gains) >= 0 and float(np.mean(gains)) > float(np.mean(noise)), text
