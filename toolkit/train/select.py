@@ -111,13 +111,13 @@ def choose_input_size(candidates: dict[tuple[str, int], Matches], native: int, u
     held: dict[tuple[str, int], float] = {}
     for (weights, size), m in sorted(candidates.items(), key=lambda kv: (kv[0][1], kv[0][0] != "fine-tuned")):
         c = cells(m, user_sources)
-        table[f"{weights}@{size}"] = {"cells": c, "mean_ap": mean_ap(c), "median_ms": m.median_ms,
-                                      "holds": holds(c, floor)}
+        ok = holds(c, floor)
+        table[f"{weights}@{size}"] = {"cells": c, "mean_ap": mean_ap(c), "median_ms": m.median_ms, "holds": ok}
         if fixed is not None and size != fixed:
             continue
-        if holds(c, floor):
+        if ok:
             held[(weights, size)] = mean_ap(c)
-        if (holds(c, floor) and mean_ap(c) > best_mean) or (fixed is not None and best[1] != fixed):
+        if (ok and mean_ap(c) > best_mean) or (fixed is not None and best[1] != fixed):
             best, best_mean = (weights, size), mean_ap(c)
     note = ""
     smaller = [key for key in held if key[1] < best[1]]
