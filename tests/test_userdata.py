@@ -4,6 +4,7 @@ export using them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 from devices.errors import DataError
 from models.base import TARGET_CLASSES
 from toolkit.cli import cli
-from toolkit.data.sets import default_splits
+from toolkit.data.sets import default_splits, split
 from toolkit.data.userdata import read_user_dataset
 
 PED, STOP = TARGET_CLASSES.index("pedestrian"), TARGET_CLASSES.index("stop_sign")
@@ -73,6 +74,40 @@ def test_coco_json_finds_its_images_under_its_folder(mirror: Path, tmp_path: Pat
     samples = read_user_dataset(tmp_path / "set/annotations.json")
     assert [s.image_path for s in samples] == photos
     assert all(s.boxes.tolist() == [[10, 10, 60, 70]] and s.labels.tolist() == [STOP] for s in samples)
+
+
+def test_your_split_keeps_copies_of_a_photo_together_wherever_the_json_lies(mirror: Path, tmp_path: Path) -> None:
+    """Roboflow's augmented copies of one photo get one id, and a json that names its images by ``../`` gives
+    the same ids (so the same split of your photos) from any folder."""
+    photos = _road_photos(mirror, tmp_path / "export/train")
+    copies = [Path(shutil.copy(photos[0], photos[0].parent / f"{photos[0].stem}_png.rf.{c * 32}.jpg"))
+              for c in "ab"]  # fmt: skip
+    photos[0].unlink()  # an export holds the copies only
+    images = photos[1:] + copies
+
+    def write_json(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        coco = {"images": [], "annotations": [], "categories": [{"id": 13, "name": "stop sign"}]}
+        for i, p in enumerate(images, 1):
+            with Image.open(p) as im:
+                width, height = im.size
+            name = Path(os.path.relpath(p, folder)).as_posix()
+            coco["images"].append({"id": i, "file_name": name, "width": width, "height": height})
+            coco["annotations"].append({"id": i, "image_id": i, "category_id": 13, "bbox": [10, 10, 50, 60],
+                                        "area": 3000, "iscrowd": 0})  # fmt: skip
+        path = folder / "mine.json"
+        path.write_text(json.dumps(coco))
+        return path
+
+    near, far = write_json(tmp_path / "a"), write_json(tmp_path / "b/c/d")
+    samples = read_user_dataset(near)
+    groups = [s.group for s in samples]
+    assert "../" in json.loads(far.read_text())["images"][0]["file_name"]
+    assert groups == [s.group for s in read_user_dataset(far)]
+    assert len(set(groups)) == len(photos)  # the two copies share the photo's id
+    assert {s.group for s in samples if ".rf." in s.image_path.name} == {f"data:mine/train/{photos[0].stem}.png"}
+    train, val = split(samples, val_fraction=0.5)
+    assert {s.group for s in train}.isdisjoint(s.group for s in val)
 
 
 def test_voc_folder(mirror: Path, tmp_path: Path) -> None:

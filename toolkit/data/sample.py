@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,10 @@ BORDER_TOLERANCE = 0.01
 
 #: Boxes thinner than this (pixels) after clipping to the image carry no object and are dropped.
 MIN_BOX_SIDE = 1.0
+
+#: A file of a Roboflow export: ``<stem>_<ext>.rf.<32 hex>.<ext>``, one of the augmented copies of the photo
+#: ``<stem>.<ext>``.
+ROBOFLOW_NAME = re.compile(r"^(?P<stem>.+)_(?P<ext>[A-Za-z0-9]+)\.rf\.[0-9a-f]{32}\.[A-Za-z0-9]+$")
 
 #: The default class map: the names the three bundled sets (and most public sets) use.
 #: Matching is by exact name: ``"Sign"`` is the Roboflow stop-sign set's class 1.
@@ -214,13 +220,27 @@ class ImageBoxes:
         return box_arrays(self.boxes, self.labels)
 
 
+def photo_name(path: Path) -> str:
+    """The photo a file was made from: ``<stem>.<ext>`` for a Roboflow export's copy, else the file's stem."""
+    match = ROBOFLOW_NAME.match(path.name)
+    return path.stem if match is None else f"{match['stem']}.{match['ext']}"
+
+
 def path_group(source: str, root: Path) -> GroupFn:
-    """Photos identified by ``<source>/<path under root without suffix>`` (the readers' default)."""
+    """Photos identified by ``<source>/<folder under root>/<photo name>`` (the readers' default for your photos).
+
+    The augmented copies of one photo in a Roboflow export share its id, so that a split never puts one copy in
+    your training photos and another in your validation photos. The path is normalised (not resolved: a
+    symlinked set keeps its ids); an image outside ``root`` (a COCO json naming its images by ``../`` or an
+    absolute path) is identified by its folder's name and its photo name, so that the id, and with it your
+    split, stays the same wherever the json or the set lies.
+    """
+    base = Path(os.path.normpath(os.path.abspath(root)))
 
     def group(path: Path) -> str:
-        # A COCO json may name its images by absolute path, outside the folder it lies in.
-        inside = path.is_relative_to(root)
-        return f"{source}/{(path.relative_to(root) if inside else path).with_suffix('').as_posix()}"
+        full = Path(os.path.normpath(os.path.abspath(path)))
+        folders = full.parent.relative_to(base).parts if full.is_relative_to(base) else (full.parent.name,)
+        return "/".join((source, *folders, photo_name(full)))
 
     return group
 

@@ -34,15 +34,13 @@ from models.base import COCO80, TARGET_CLASSES
 from models.hub import MIRROR_ENV, mirror_root
 from toolkit.data.coco import read_coco
 from toolkit.data.fetch import fetch_snapshot
-from toolkit.data.sample import Sample, samples_sha256
+from toolkit.data.sample import ROBOFLOW_NAME, Sample, samples_sha256
 from toolkit.data.userdata import read_user_datasets
 from toolkit.data.voc import read_voc
 from toolkit.data.yolo import read_yolo
 
 log = logging.getLogger(__name__)
 
-#: The photo a Roboflow export file was made from: ``<stem>_<ext>.rf.<32 hex>.<ext>``.
-_ROBOFLOW_NAME = re.compile(r"^(?P<stem>.+)_(?P<ext>[A-Za-z0-9]+)\.rf\.[0-9a-f]{32}\.[A-Za-z0-9]+$")
 
 _KAGGLE_ROAD = re.compile(r"^road\d+$")
 
@@ -59,7 +57,7 @@ def kaggle_road_group(path: Path) -> str:
 
 def roboflow_group(path: Path) -> str:
     """Original photo of a Roboflow export file: ``<part>/<stem>.<ext>`` or a Kaggle road-sign id."""
-    match = _ROBOFLOW_NAME.match(path.name)
+    match = ROBOFLOW_NAME.match(path.name)
     if match is None:
         return f"roboflow_stop_signs/{path.parent.parent.name}/{path.stem}"
     stem, ext = match["stem"], match["ext"]
