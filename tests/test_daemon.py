@@ -351,8 +351,11 @@ def test_frozen_stream_is_unhealthy_stops_the_watchdog_and_recovers(daemon, test
     stream.freeze()
     stalled = process.until(lambda s: s["source"]["stalls"] == 1, 10, "the stall noticed")
     code, body = process.get("/healthz")
-    assert code == 503 and "no frame for" in body
+    assert code == 503 and "no frame for" in body and "last error: " in body
     assert stalled["source"]["state"] in ("reconnecting", "opening")
+    # The stall, or a reopen already tried on the frozen server (its kernel still accepts connections).
+    last_error = stalled["source"]["last_error"]
+    assert "read blocked for" in last_error or "accepts connections but the stream did not open" in last_error
     # No frame for stale_after (2 s) now: pings sent before are still queued in the socket; drop them, listen on.
     notify.collect(0.3)
     notify.messages.clear()

@@ -22,7 +22,13 @@ import pytest
 from devices.daemon.config import SourceConfig
 from devices.errors import SourceError
 from devices.sources import Source, SourceEnded, image_problem, parse_uri
-from devices.sources.readers import OpenCvReader, ffmpeg_capture_options, gstreamer_pipeline, opencv_has_gstreamer
+from devices.sources.readers import (
+    OpenCvReader,
+    ffmpeg_capture_options,
+    gstreamer_pipeline,
+    network_problem,
+    opencv_has_gstreamer,
+)
 
 
 def _drain(source: Source, limit: float = 60.0) -> tuple[list, SourceEnded]:
@@ -368,3 +374,43 @@ def test_stream_down_at_start_is_waited_for(mjpeg_stream) -> None:
         mjpeg_stream(port)
         _first_frame_after(source, 0.0, 15)
         assert source.stats().reconnects == 0  # a first connection is not a reconnect
+
+
+def test_missing_camera_node_is_named_with_its_fix_once(caplog: pytest.LogCaptureFixture) -> None:
+    # No /dev/video99 on any machine this runs on: the log says the device does not exist and how to fix it
+    # on the first failure, then only the problem at each retry; the daemon keeps waiting for it (hot-plug).
+    assert not Path("/dev/video99").exists()
+    caplog.set_level("WARNING", logger="devices.sources.capture")
+    with Source(SourceConfig(uri="/dev/video99", reconnect_initial=0.2, reconnect_max=0.4)) as source:
+        deadline = time.monotonic() + 5
+        while source.stats().open_failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert source.read(timeout=0.1) is None
+    lines = [r.getMessage() for r in caplog.records if "/dev/video99" in r.getMessage()]
+    assert len(lines) >= 2, lines
+    assert "no camera at /dev/video99: the device does not exist" in lines[0]
+    assert "fix: plug the camera in" in lines[0]
+    assert all("fix:" not in line for line in lines[1:]), lines
+
+
+def test_a_stream_that_does_not_open_says_why() -> None:
+    # Real sockets on this machine: a port nobody listens on, one that accepts, an unknown host, a bad port.
+    from conftest import free_port
+
+    port = free_port()
+    problem, fix = network_problem(f"rtsp://127.0.0.1:{port}/cam", 2.0)
+    assert problem == f"nothing listens on 127.0.0.1:{port} (connection refused)" and "start the camera" in fix
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        problem, fix = network_problem(f"http://user:pw@127.0.0.1:{server.getsockname()[1]}/x.mjpg", 2.0)
+    assert problem.endswith("accepts connections but the stream did not open") and "ffprobe" in fix
+    problem, _ = network_problem("rtsp://camera.invalid/live", 2.0)
+    assert problem == "the host name 'camera.invalid' is not known here"
+    problem, _ = network_problem("rtsp://cam:80a/live", 2.0)
+    assert "is not a number" in problem
+    with Source(SourceConfig(uri=f"rtsp://127.0.0.1:{port}/cam", open_timeout=2)) as source:
+        deadline = time.monotonic() + 10
+        while source.stats().open_failures < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "nothing listens on" in (source.stats().last_error or ""), source.stats()

@@ -451,10 +451,11 @@ class Daemon:
         stats = source.stats()
         if stats.state == "ended":
             return False, "the source ended"
+        why = f"; last error: {stats.last_error}" if stats.last_error and stats.state != "streaming" else ""
         if stats.last_frame_age is None:
-            return False, f"no frame yet from {stats.uri} ({stats.state})"
+            return False, f"no frame yet from {stats.uri} ({stats.state}{why})"
         if stats.last_frame_age > self.cfg.source.stale_after:
-            return False, f"no frame for {stats.last_frame_age:.1f} s from {stats.uri} ({stats.state})"
+            return False, f"no frame for {stats.last_frame_age:.1f} s from {stats.uri} ({stats.state}{why})"
         busy = loop.detector_busy_for()
         if busy > self.cfg.detect_timeout:
             return False, f"the detector has been stuck for {busy:.1f} s"

@@ -36,7 +36,7 @@ import numpy as np
 
 from devices.daemon.config import SourceConfig
 from devices.errors import SourceError
-from devices.sources.readers import Reader, SourceUnavailable, make_reader
+from devices.sources.readers import PROBE_TIMEOUT, Reader, make_reader
 from devices.sources.uri import SourceURI, parse_uri
 from devices.types import Frame
 
@@ -86,6 +86,7 @@ class SourceStats:
         abandoned_alive: Abandoned capture threads still blocked inside the device call.
         fps: Frames read per second over the last few seconds.
         last_frame_age: Seconds since the last frame was read (None before the first).
+        last_error: Why the source was last lost or could not be opened, with its fix (None: never).
     """
 
     uri: str
@@ -101,6 +102,7 @@ class SourceStats:
     abandoned_alive: int
     fps: float
     last_frame_age: float | None
+    last_error: str | None = None
 
 
 class _Buffer:
@@ -191,6 +193,7 @@ class Source:
         self._frames = self._delivered = self._bad = 0
         self._reconnects = self._stalls = self._open_failures = 0
         self._last_frame: float | None = None
+        self._last_error: str | None = None
         self._recent: collections.deque[float] = collections.deque()
         self._watchdog: threading.Thread | None = None
         self._thread: threading.Thread | None = None
@@ -262,6 +265,7 @@ class Source:
                 abandoned_alive=len(self._abandoned),
                 fps=(len(self._recent) - 1) / span if span > 0 and len(self._recent) > 1 else 0.0,
                 last_frame_age=None if self._last_frame is None else now - self._last_frame,
+                last_error=self._last_error,
             )
 
     # --- capture thread -----------------------------------------------------------------------------------
@@ -303,7 +307,10 @@ class Source:
             self._busy(gen, None)
             with self._lock:
                 self._open_failures += 1
-            self._lost(gen, exc.problem if isinstance(exc, SourceUnavailable) else str(exc))
+                first = self._backoff == self.cfg.reconnect_initial  # the first failure since the source worked
+            error = f"{exc.problem}; fix: {exc.fix}" if exc.fix else exc.problem
+            # The fix is logged once per outage; /api/status always has it (last_error).
+            self._lost(gen, error if first else exc.problem, error)
             return None
         self._busy(gen, None)
         if not self._current(gen):
@@ -402,15 +409,17 @@ class Source:
                 self._busy_since = time.monotonic() if what else None
                 self._busy_what = what or ""
 
-    def _lost(self, gen: int, reason: str) -> None:
-        """The current connection is gone: schedule a reopen after the backoff."""
+    def _lost(self, gen: int, reason: str, error: str | None = None) -> None:
+        """The current connection is gone: schedule a reopen after the backoff (``error``: the reason with its
+        fix, for ``last_error``, when the log line leaves the fix out)."""
         with self._lock:
             if gen != self._gen or self._stop.is_set():
                 return
-            self._schedule_reopen(reason)
+            self._schedule_reopen(reason, error)
 
-    def _schedule_reopen(self, reason: str) -> None:
+    def _schedule_reopen(self, reason: str, error: str | None = None) -> None:
         """(Caller holds the lock.)"""
+        self._last_error = error or reason
         self._gen += 1  # whatever still runs under the old generation is abandoned
         self._state = "reconnecting"
         self._recovering = True
@@ -443,9 +452,10 @@ class Source:
                     self._start_generation(None)
 
     def _stall_limit(self) -> float:
-        # An open may legitimately take open_timeout; a read must produce a frame within stale_after.
+        # An open may legitimately take open_timeout, and a stream that did not open is then probed for why;
+        # a read must produce a frame within stale_after.
         if self._busy_what == "open":
-            return max(self.cfg.stale_after, self.cfg.open_timeout + 1.0)
+            return max(self.cfg.stale_after, self.cfg.open_timeout + PROBE_TIMEOUT + 1.0)
         return self.cfg.stale_after
 
     def _end_stalled(self, problem: str) -> None:

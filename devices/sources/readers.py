@@ -12,7 +12,9 @@ import glob
 import logging
 import os
 import re
+import socket
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 #: OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide and read by OpenCV at open time: one open at a time.
 _ENV_LOCK = threading.Lock()
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+#: Ports of URLs that name none, to say which port a stream that did not open was tried on.
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+#: Longest wait of that check, after OpenCV's own open_timeout.
+PROBE_TIMEOUT = 2.0
 JETSON_RELEASE_FILE = Path("/etc/nv_tegra_release")
 
 
@@ -193,19 +199,56 @@ class OpenCvReader:
                 f"check that it plays (ffprobe {shown}); re-encode it with: ffmpeg -i {shown} -c:v libx264 out.mp4",
             )
         if kind == "v4l2":
+            node = Path(f"/dev/video{self.uri.target}" if self.uri.target.isdigit() else self.uri.target)
+            if not node.exists():
+                present = sorted(str(p) for p in Path("/dev").glob("video*"))
+                return SourceUnavailable(
+                    f"no camera at {node}: the device does not exist (cameras here: {', '.join(present) or 'none'})",
+                    "plug the camera in (it is opened as soon as it appears) or pass one that exists; "
+                    "v4l2-ctl --list-devices names them",
+                )
             return SourceUnavailable(
                 f"cannot open the V4L2 camera {shown}",
-                "check that it is plugged in (v4l2-ctl --list-devices) and that this user is in the 'video' group",
+                "check that no other program holds it (fuser " + str(node) + ") and that this user is in the "
+                "'video' group",
             )
         if kind == "gstreamer":
             return SourceUnavailable(
                 f"GStreamer could not start the pipeline {shown!r}",
                 "run it with gst-launch-1.0 (replacing appsink by fakesink) to see which element fails",
             )
-        return SourceUnavailable(
-            f"cannot open the stream {shown} within {self.cfg.open_timeout:g} s",
-            "check the URL with ffprobe, and that the camera is reachable from here (ping, firewall, credentials)",
-        )
+        problem, fix = network_problem(self.uri.target, min(self.cfg.open_timeout, PROBE_TIMEOUT))
+        return SourceUnavailable(f"cannot open the stream {shown}: {problem}", fix)
+
+
+def network_problem(url: str, timeout: float) -> tuple[str, str]:
+    """Why a stream did not open, found by connecting to its host and port: (problem, fix).
+
+    OpenCV only says that it failed; a refused connection, an unknown host name and a host that does not answer
+    each have their own fix.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+    except ValueError:
+        return f"the port in {parts.netloc.rpartition('@')[2]!r} is not a number", "write the URL as rtsp://host:port/path"
+    where = f"{host}:{port}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror:
+        return f"the host name {host!r} is not known here", "check the host name, or use the camera's IP address"
+    except ConnectionRefusedError:
+        return (f"nothing listens on {where} (connection refused)",
+                "start the camera or its streaming server, or check the port in the URL")
+    except TimeoutError:
+        return (f"no answer from {where} within {timeout:g} s",
+                "check that the camera is on and reachable from here (ping, firewall, VPN)")
+    except OSError as exc:
+        return f"cannot connect to {where} ({exc.strerror or exc})", "check the network between here and the camera"
+    return (f"{where} accepts connections but the stream did not open",
+            "check the path and the credentials in the URL with: ffprobe URL")
 
 
 def opencv_has_gstreamer(cv2: Any) -> bool:
