@@ -257,6 +257,19 @@ def test_bad_configs_name_the_field_value_and_fix(device_bin: Path, tmp_path: Pa
         assert "Traceback" not in result.stderr
 
 
+def test_a_camera_index_may_be_written_as_a_number(tmp_path: Path) -> None:
+    # YAML reads `uri: 0` as the number 0: it is the camera index the docs show, not an error.
+    from devices.daemon.config import load_config
+    from devices.errors import ConfigError
+
+    config = tmp_path / "camera.yaml"
+    config.write_text("bundle: b\nsource: {uri: 0}\n")
+    assert load_config(config).source.uri == "0"
+    config.write_text("bundle: b\nsource: {uri: true}\n")
+    with pytest.raises(ConfigError, match=r"source\.uri"):
+        load_config(config)
+
+
 def test_config_check_schema_and_flags_over_file(device_bin: Path, tmp_path: Path) -> None:
     config = tmp_path / "camera.yaml"
     config.write_text("camera: door\nbundle: b\nsource: {uri: rtsp://cam/1}\nsinks: {mqtt: {host: broker}}\n")

@@ -53,6 +53,12 @@ class SourceConfig(_Model):
     fps: float | None = Field(None, gt=0, description="Requested capture frame rate (cameras only).")
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport; tcp survives lossy Wi-Fi.")
 
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _camera_index(cls, value: object) -> object:
+        # YAML reads `uri: 0` as a number; a camera index is what it means (the CLI's --source 0 is text already).
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @model_validator(mode="after")
     def _backoff_order(self) -> SourceConfig:
         if self.reconnect_max < self.reconnect_initial:
