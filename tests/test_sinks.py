@@ -130,6 +130,51 @@ def test_mqtt_events_counts_and_availability(tmp_path, mosquitto, subscriber):
     late.close()
 
 
+def test_home_assistant_discovers_a_count_and_an_occupancy_sensor_per_class(tmp_path, mosquitto, subscriber):
+    jinja2 = pytest.importorskip("jinja2", reason="Home Assistant renders templates with Jinja2 (torch needs it too)")
+    publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto))).start()
+    publisher.submit(make_events(3))  # 3 pedestrians in view
+    wait_until(lambda: subscriber.last("edgesight/gate/counts/pedestrian") == "3", what="count 3")
+    publisher.close(timeout=2)
+    # Home Assistant subscribes to its discovery prefix when it starts, maybe long after the daemon: retained.
+    home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
+    wait_until(lambda: len(home_assistant.messages) == 4, what="4 discovery configs")
+    home_assistant.close()
+    configs = {topic: json.loads(payload) for topic, payload, retained in home_assistant.messages if retained}
+    assert sorted(configs) == [
+        "homeassistant/binary_sensor/edgesight_gate/pedestrian_occupancy/config",
+        "homeassistant/binary_sensor/edgesight_gate/stop_sign_occupancy/config",
+        "homeassistant/sensor/edgesight_gate/pedestrian_count/config",
+        "homeassistant/sensor/edgesight_gate/stop_sign_count/config",
+    ]
+    assert len({c["unique_id"] for c in configs.values()}) == 4
+    assert {c["device"]["identifiers"][0] for c in configs.values()} == {"edgesight_gate"}  # one device
+    for topic, config in configs.items():
+        label = topic.split("/")[3].rsplit("_", 1)[0]
+        # Each reads a topic the daemon really publishes, and goes unavailable with the daemon.
+        assert config["availability_topic"] == "edgesight/gate/availability"
+        assert config["state_topic"] == f"edgesight/gate/counts/{label}"
+        state = subscriber.last(config["state_topic"])
+        if "/sensor/" in topic:
+            assert config["state_class"] == "measurement" and int(state) == {"pedestrian": 3, "stop_sign": 0}[label]
+        else:  # the occupancy sensor: on while the count is above 0, as Home Assistant renders the template
+            assert config["device_class"] == "occupancy"
+            rendered = jinja2.Template(config["value_template"]).render(value=state)
+            assert rendered == {"pedestrian": "ON", "stop_sign": "OFF"}[label]
+    assert subscriber.last("edgesight/gate/availability") == "offline"
+
+
+def test_home_assistant_discovery_can_be_turned_off(tmp_path, mosquitto):
+    home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
+    publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto, discovery_prefix=None))).start()
+    wait_until(lambda: publisher.stats()["sinks"]["mqtt"]["connected"], what="connected")
+    publisher.submit(make_events(2))
+    wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="empty spool")
+    publisher.close(timeout=2)
+    home_assistant.close()
+    assert home_assistant.messages == []
+
+
 def test_mqtt_broker_outage_loses_nothing_and_keeps_order(tmp_path, mosquitto, subscriber, caplog):
     publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto))).start()
     publisher.submit(make_events(20))

@@ -201,6 +201,13 @@ class MqttConfig(_Model):
     tls: bool = Field(False, description="TLS with the system's CA certificates (port 8883 usually).")
     max_inflight: int = Field(20, ge=1, description="Events sent and not yet acknowledged by the broker, at most.")
     reconnect_max: int = Field(10, ge=1, description="Longest wait between reconnect attempts (from 1 s, doubling).")
+    discovery_prefix: str | None = Field(
+        "homeassistant",
+        pattern=r"^[^#+]+$",
+        description="Home Assistant MQTT discovery: a count sensor and an occupancy sensor per class appear in "
+                    "Home Assistant by themselves (retained config under <prefix>/sensor and <prefix>/binary_sensor). "
+                    "null: none.",
+    )
 
 
 class WebhookConfig(_Model):

@@ -10,6 +10,11 @@ Topics (``<prefix>/<camera>/...``):
 - ``availability``: ``online`` on connect, ``offline`` on a clean close; the broker publishes ``offline``
   itself (the last will) when the daemon vanishes. Retained.
 
+Home Assistant MQTT discovery (``discovery_prefix``, on by default): on every connect, one retained config
+message per class for a count sensor (``<discovery>/sensor/edgesight_<camera>/<label>_count/config``) and an
+occupancy binary sensor (``.../binary_sensor/...``, on while the count is above 0), both read from
+``counts/<label>`` and marked unavailable with the ``availability`` topic, grouped as one device per camera.
+
 At most ``max_inflight`` events are unacknowledged at once. While the broker is away nothing new is handed to
 paho (its own queue lives in memory); paho re-sends what was in flight when it reconnects, and the spool
 holds the rest, so a long outage costs disk, not memory.
@@ -17,8 +22,10 @@ holds the rest, so a long outage costs disk, not memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +34,7 @@ from typing import Any
 from devices.daemon.config import MqttConfig
 from devices.daemon.sinks import Sink
 from devices.errors import ConfigError, require
+from devices.host import package_version
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,9 @@ class MqttSink(Sink):
         self.events_topic = f"{base}/events"
         self.counts_topic = f"{base}/counts"
         self.availability_topic = f"{base}/availability"
+        self.discovery = (
+            discovery_messages(cfg.discovery_prefix, base, camera, labels) if cfg.discovery_prefix else []
+        )
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
         self._counts_dirty = False
         self._acks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
@@ -100,6 +111,8 @@ class MqttSink(Sink):
                 self._refused_logged = True
             return
         self._refused_logged = False
+        for topic, payload in self.discovery:
+            client.publish(topic, payload, qos=1, retain=True)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         self._counts_dirty = True
         self._up()
@@ -181,6 +194,48 @@ class MqttSink(Sink):
         self.client.disconnect()
         self.client.loop_stop()
         self.connected = False
+
+
+def discovery_messages(prefix: str, base: str, camera: str, labels: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Home Assistant's MQTT discovery config messages for this camera: (topic, JSON payload) pairs.
+
+    Args:
+        prefix: Home Assistant's discovery prefix (``homeassistant`` unless changed there).
+        base: This camera's topic root, ``<topic_prefix>/<camera>``.
+        camera: The camera's name.
+        labels: The classes whose counts are published.
+    """
+    node = _discovery_id(f"edgesight_{camera}")
+    device = {
+        "identifiers": [node],
+        "name": f"edgesight {camera}",
+        "manufacturer": "edgesight",
+        "model": "camera daemon",
+        "sw_version": package_version("edgesight"),
+    }
+    messages = []
+    for label in labels:
+        name, label_id = label.replace("_", " "), _discovery_id(label)
+        common = {
+            "state_topic": f"{base}/counts/{label}",
+            "availability_topic": f"{base}/availability",
+            "device": device,
+            "origin": {"name": "edgesight"},
+        }
+        sensor = {**common, "name": f"{name} count", "unique_id": f"{node}_{label_id}_count",
+                  "state_class": "measurement", "icon": "mdi:counter"}
+        occupancy = {**common, "name": f"{name} detected", "unique_id": f"{node}_{label_id}_occupancy",
+                     "device_class": "occupancy",
+                     "value_template": "{{ 'ON' if value | int > 0 else 'OFF' }}"}
+        root = prefix.rstrip("/")
+        messages.append((f"{root}/sensor/{node}/{label_id}_count/config", json.dumps(sensor)))
+        messages.append((f"{root}/binary_sensor/{node}/{label_id}_occupancy/config", json.dumps(occupancy)))
+    return messages
+
+
+def _discovery_id(name: str) -> str:
+    """``name`` as Home Assistant accepts it in a discovery topic and a unique id: [a-zA-Z0-9_-] only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
 def _probe(host: str, port: int) -> str:
