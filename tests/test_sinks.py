@@ -19,6 +19,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from devices.daemon.config import DaemonConfig
@@ -54,8 +56,10 @@ def mqtt_sink(broker, **kw) -> dict:
 class Subscriber:
     """A real paho client, as a Home Assistant or Node-RED consumer is: persistent session, QoS 1."""
 
-    def __init__(self, broker, client_id: str = "test-subscriber", topic: str = "edgesight/#") -> None:
-        self.messages: list[tuple[str, str, bool]] = []
+    def __init__(self, broker, client_id: str = "test-subscriber", topic: str = "edgesight/#",
+                 raw: bool = False) -> None:
+        self.messages: list[tuple[str, str | bytes, bool]] = []
+        self._raw = raw
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
@@ -69,7 +73,8 @@ class Subscriber:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
-            self.messages.append((message.topic, message.payload.decode(), bool(message.retain)))
+            payload = message.payload if self._raw else message.payload.decode(errors="replace")  # JPEGs too
+            self.messages.append((message.topic, payload, bool(message.retain)))
 
     def events(self) -> list[dict]:
         with self._lock:
@@ -130,31 +135,51 @@ def test_mqtt_events_counts_and_availability(tmp_path, mosquitto, subscriber):
     late.close()
 
 
-def test_home_assistant_discovers_a_count_and_an_occupancy_sensor_per_class(tmp_path, mosquitto, subscriber):
+def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_path, mosquitto, subscriber):
     jinja2 = pytest.importorskip("jinja2", reason="Home Assistant renders templates with Jinja2 (torch needs it too)")
-    publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto))).start()
-    publisher.submit(make_events(3))  # 3 pedestrians in view
+    cfg = make_config(tmp_path, mqtt=mqtt_sink(mosquitto))
+    cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"snapshots": tmp_path / "snapshots"})})
+    frames = [np.full((48, 64, 3), value, np.uint8) for value in (40, 120, 200)]
+    events = make_events(3)  # 3 pedestrians in view; the second one's snapshot already deleted by the disk budget
+    for i, frame in enumerate(frames):
+        events[i] = dataclasses.replace(events[i], snapshot=str(tmp_path / f"obj-{i}.jpg"))
+        if i != 1:
+            cv2.imwrite(events[i].snapshot, frame)
+    publisher = build_publisher(cfg).start()
+    publisher.submit(events)
     wait_until(lambda: subscriber.last("edgesight/gate/counts/pedestrian") == "3", what="count 3")
+    wait_until(lambda: len(subscriber.seqs()) == 3, what="every event, the one without its snapshot file too")
     publisher.close(timeout=2)
-    # Home Assistant subscribes to its discovery prefix when it starts, maybe long after the daemon: retained.
+    # Home Assistant subscribes when it starts, maybe long after the daemon: everything it needs is retained.
     home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
-    wait_until(lambda: len(home_assistant.messages) == 4, what="4 discovery configs")
+    wait_until(lambda: len(home_assistant.messages) == 6, what="6 discovery configs")
     home_assistant.close()
     configs = {topic: json.loads(payload) for topic, payload, retained in home_assistant.messages if retained}
     assert sorted(configs) == [
-        "homeassistant/binary_sensor/edgesight_gate/pedestrian_occupancy/config",
-        "homeassistant/binary_sensor/edgesight_gate/stop_sign_occupancy/config",
-        "homeassistant/sensor/edgesight_gate/pedestrian_count/config",
-        "homeassistant/sensor/edgesight_gate/stop_sign_count/config",
+        f"homeassistant/{kind}/edgesight_gate/{label}_{entity}/config"
+        for kind, entity in (("binary_sensor", "occupancy"), ("camera", "snapshot"), ("sensor", "count"))
+        for label in ("pedestrian", "stop_sign")
     ]
-    assert len({c["unique_id"] for c in configs.values()}) == 4
+    assert len({c["unique_id"] for c in configs.values()}) == 6
     assert {c["device"]["identifiers"][0] for c in configs.values()} == {"edgesight_gate"}  # one device
+    # Each entity reads a topic the daemon really publishes, and goes unavailable with the daemon.
+    late = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/#", raw=True)
+    wait_until(lambda: late.last("edgesight/gate/snapshot/pedestrian") is not None, what="the retained snapshot")
+    late.close()
     for topic, config in configs.items():
         label = topic.split("/")[3].rsplit("_", 1)[0]
-        # Each reads a topic the daemon really publishes, and goes unavailable with the daemon.
         assert config["availability_topic"] == "edgesight/gate/availability"
+        if "/camera/" in topic:  # the latest snapshot of the class: the third event's, the second had none left
+            assert config["topic"] == f"edgesight/gate/snapshot/{label}"
+            image = late.last(config["topic"])
+            if label == "pedestrian":
+                decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+                assert abs(float(decoded.mean()) - 200) < 2
+            else:
+                assert image is None  # no stop sign seen yet
+            continue
         assert config["state_topic"] == f"edgesight/gate/counts/{label}"
-        state = subscriber.last(config["state_topic"])
+        state = late.last(config["state_topic"]).decode()
         if "/sensor/" in topic:
             assert config["state_class"] == "measurement" and int(state) == {"pedestrian": 3, "stop_sign": 0}[label]
         else:  # the occupancy sensor: on while the count is above 0, as Home Assistant renders the template

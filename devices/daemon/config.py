@@ -201,6 +201,11 @@ class MqttConfig(_Model):
     tls: bool = Field(False, description="TLS with the system's CA certificates (port 8883 usually).")
     max_inflight: int = Field(20, ge=1, description="Events sent and not yet acknowledged by the broker, at most.")
     reconnect_max: int = Field(10, ge=1, description="Longest wait between reconnect attempts (from 1 s, doubling).")
+    snapshots: bool = Field(
+        True,
+        description="Each event's best snapshot (JPEG bytes) on <prefix>/<camera>/snapshot/<label>, retained: the "
+                    "latest per class, for consumers on other machines (Home Assistant shows it as a camera).",
+    )
     discovery_prefix: str | None = Field(
         "homeassistant",
         pattern=r"^[^#+]+$",

@@ -112,7 +112,8 @@ def build_publisher(cfg: DaemonConfig, camera: str | None = None) -> Publisher:
     if cfg.sinks.mqtt is not None:
         from devices.daemon.sinks.mqtt import MqttSink
 
-        sinks.append(MqttSink(cfg.sinks.mqtt, camera, labels=tuple(cfg.classes)))
+        snapshots = cfg.sinks.mqtt.snapshots and cfg.events.snapshots is not None
+        sinks.append(MqttSink(cfg.sinks.mqtt, camera, labels=tuple(cfg.classes), snapshots=snapshots))
     if cfg.sinks.webhook is not None:
         from devices.daemon.sinks.webhook import WebhookSink
 

@@ -7,13 +7,16 @@ Topics (``<prefix>/<camera>/...``):
   disconnect or a crash is sent again, so consumers de-duplicate by ``seq``.
 - ``counts/<label>``: objects of that label in view now, an integer, retained (Home Assistant sensors read
   it as is). Published on change and on every (re)connect; state, not history, so not spooled.
+- ``snapshot/<label>``: the JPEG of the last event of that label that has a snapshot (its best one so far),
+  retained, QoS 0: state for a dashboard, not spooled; a snapshot already deleted by the disk budget is skipped.
 - ``availability``: ``online`` on connect, ``offline`` on a clean close; the broker publishes ``offline``
   itself (the last will) when the daemon vanishes. Retained.
 
 Home Assistant MQTT discovery (``discovery_prefix``, on by default): on every connect, one retained config
 message per class for a count sensor (``<discovery>/sensor/edgesight_<camera>/<label>_count/config``) and an
 occupancy binary sensor (``.../binary_sensor/...``, on while the count is above 0), both read from
-``counts/<label>`` and marked unavailable with the ``availability`` topic, grouped as one device per camera.
+``counts/<label>``, and with snapshots a camera (``.../camera/...``) showing ``snapshot/<label>``; all marked
+unavailable with the ``availability`` topic, grouped as one device per camera.
 
 At most ``max_inflight`` events are unacknowledged at once. While the broker is away nothing new is handed to
 paho (its own queue lives in memory); paho re-sends what was in flight when it reconnects, and the spool
@@ -49,9 +52,11 @@ class MqttSink(Sink):
         cfg: The ``sinks.mqtt`` section.
         camera: The camera's name (in the topics and the default client id).
         labels: Labels whose counts are published (0 until seen), so a stale retained count is overwritten.
+        snapshots: Publish each event's snapshot on ``snapshot/<label>`` (events have snapshots and
+            ``cfg.snapshots`` is on).
     """
 
-    def __init__(self, cfg: MqttConfig, camera: str, labels: tuple[str, ...] = ()) -> None:
+    def __init__(self, cfg: MqttConfig, camera: str, labels: tuple[str, ...] = (), snapshots: bool = False) -> None:
         super().__init__(
             "mqtt",
             f"the MQTT broker {cfg.host}:{cfg.port}",
@@ -63,8 +68,9 @@ class MqttSink(Sink):
         self.events_topic = f"{base}/events"
         self.counts_topic = f"{base}/counts"
         self.availability_topic = f"{base}/availability"
+        self.snapshot_topic = f"{base}/snapshot" if snapshots else None
         self.discovery = (
-            discovery_messages(cfg.discovery_prefix, base, camera, labels) if cfg.discovery_prefix else []
+            discovery_messages(cfg.discovery_prefix, base, camera, labels, snapshots) if cfg.discovery_prefix else []
         )
         self._counts: dict[str, int] = dict.fromkeys(labels, 0)
         self._counts_dirty = False
@@ -151,6 +157,8 @@ class MqttSink(Sink):
                     info = self.client.publish(self.events_topic, record.payload, qos=self.cfg.qos)
                     inflight[info.mid] = record.seq
                     cursor = record.seq
+                    if self.snapshot_topic:
+                        self._publish_snapshot(record.payload)
             # Flushed (only asked while closing: it counts rows): nothing in flight and nothing left for us.
             if self._stopping(flushed=self._deadline is not None and self.spool.depth_of(self.name) == 0):
                 break
@@ -183,6 +191,18 @@ class MqttSink(Sink):
         for label, n in self._counts.items():  # the current dict; set_counts swaps in a new one
             self.client.publish(f"{self.counts_topic}/{label}", str(n), qos=_COUNTS_QOS, retain=True)
 
+    def _publish_snapshot(self, payload: str) -> None:
+        """The event's snapshot file as it is now (its object's best so far) on ``snapshot/<label>``."""
+        event = json.loads(payload)
+        if not event.get("snapshot"):
+            return
+        try:
+            image = Path(event["snapshot"]).read_bytes()
+        except OSError as exc:  # deleted by the snapshots' disk budget since: the event still goes out
+            log.debug("mqtt sink: snapshot of event %s not published: %s", event["seq"], exc)
+            return
+        self.client.publish(f"{self.snapshot_topic}/{event['label']}", image, qos=0, retain=True)
+
     def _disconnect(self) -> None:
         """Say 'offline' (a clean close is not a will case) and stop paho's thread."""
         if self.connected:
@@ -196,7 +216,9 @@ class MqttSink(Sink):
         self.connected = False
 
 
-def discovery_messages(prefix: str, base: str, camera: str, labels: tuple[str, ...]) -> list[tuple[str, str]]:
+def discovery_messages(
+    prefix: str, base: str, camera: str, labels: tuple[str, ...], snapshots: bool = False
+) -> list[tuple[str, str]]:
     """Home Assistant's MQTT discovery config messages for this camera: (topic, JSON payload) pairs.
 
     Args:
@@ -204,6 +226,7 @@ def discovery_messages(prefix: str, base: str, camera: str, labels: tuple[str, .
         base: This camera's topic root, ``<topic_prefix>/<camera>``.
         camera: The camera's name.
         labels: The classes whose counts are published.
+        snapshots: Whether ``snapshot/<label>`` is published (then a camera entity per class shows it).
     """
     node = _discovery_id(f"edgesight_{camera}")
     device = {
@@ -213,23 +236,23 @@ def discovery_messages(prefix: str, base: str, camera: str, labels: tuple[str, .
         "model": "camera daemon",
         "sw_version": package_version("edgesight"),
     }
+    entity = {"availability_topic": f"{base}/availability", "device": device, "origin": {"name": "edgesight"}}
+    root = prefix.rstrip("/")
     messages = []
     for label in labels:
         name, label_id = label.replace("_", " "), _discovery_id(label)
-        common = {
-            "state_topic": f"{base}/counts/{label}",
-            "availability_topic": f"{base}/availability",
-            "device": device,
-            "origin": {"name": "edgesight"},
-        }
-        sensor = {**common, "name": f"{name} count", "unique_id": f"{node}_{label_id}_count",
+        counts = {**entity, "state_topic": f"{base}/counts/{label}"}
+        sensor = {**counts, "name": f"{name} count", "unique_id": f"{node}_{label_id}_count",
                   "state_class": "measurement", "icon": "mdi:counter"}
-        occupancy = {**common, "name": f"{name} detected", "unique_id": f"{node}_{label_id}_occupancy",
+        occupancy = {**counts, "name": f"{name} detected", "unique_id": f"{node}_{label_id}_occupancy",
                      "device_class": "occupancy",
                      "value_template": "{{ 'ON' if value | int > 0 else 'OFF' }}"}
-        root = prefix.rstrip("/")
         messages.append((f"{root}/sensor/{node}/{label_id}_count/config", json.dumps(sensor)))
         messages.append((f"{root}/binary_sensor/{node}/{label_id}_occupancy/config", json.dumps(occupancy)))
+        if snapshots:
+            image = {**entity, "topic": f"{base}/snapshot/{label}", "name": f"{name} snapshot",
+                     "unique_id": f"{node}_{label_id}_snapshot"}
+            messages.append((f"{root}/camera/{node}/{label_id}_snapshot/config", json.dumps(image)))
     return messages
 
 
