@@ -189,6 +189,25 @@ def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_p
     assert subscriber.last("edgesight/gate/availability") == "offline"
 
 
+def test_mqtt_a_backlog_sends_only_its_latest_snapshot(tmp_path, mosquitto):
+    cfg = make_config(tmp_path, mqtt=mqtt_sink(mosquitto, max_inflight=1))  # 10 events go out one by one
+    cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"snapshots": tmp_path / "snapshots"})})
+    dashboard = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/snapshot/#", raw=True)
+    events = make_events(10)
+    for i, event in enumerate(events):
+        events[i] = dataclasses.replace(event, snapshot=str(tmp_path / f"obj-{i}.jpg"))
+        cv2.imwrite(events[i].snapshot, np.full((48, 64, 3), 20 * i, np.uint8))
+    publisher = build_publisher(cfg).start()
+    publisher.submit(events)
+    wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="empty spool")
+    wait_until(lambda: dashboard.messages, what="a snapshot")
+    publisher.close(timeout=2)
+    dashboard.close()
+    assert [topic for topic, _, _ in dashboard.messages] == ["edgesight/gate/snapshot/pedestrian"]  # one, not 10
+    image = cv2.imdecode(np.frombuffer(dashboard.messages[0][1], np.uint8), cv2.IMREAD_COLOR)
+    assert abs(float(image.mean()) - 180) < 2  # the last event's
+
+
 def test_home_assistant_discovery_can_be_turned_off(tmp_path, mosquitto):
     home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
     publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto, discovery_prefix=None))).start()

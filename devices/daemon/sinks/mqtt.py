@@ -8,7 +8,8 @@ Topics (``<prefix>/<camera>/...``):
 - ``counts/<label>``: objects of that label in view now, an integer, retained (Home Assistant sensors read
   it as is). Published on change and on every (re)connect; state, not history, so not spooled.
 - ``snapshot/<label>``: the JPEG of the last event of that label that has a snapshot (its best one so far),
-  retained, QoS 0: state for a dashboard, not spooled; a snapshot already deleted by the disk budget is skipped.
+  retained, QoS 0: state for a dashboard, not spooled. Sent once the sink has caught up with the spool (of a
+  backlog only the latest matters); a snapshot already deleted by the disk budget is skipped.
 - ``availability``: ``online`` on connect, ``offline`` on a clean close; the broker publishes ``offline``
   itself (the last will) when the daemon vanishes. Retained.
 
@@ -145,6 +146,7 @@ class MqttSink(Sink):
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
         inflight: dict[int, int] = {}  # paho message id -> seq
+        snapshots: dict[str, str] = {}  # label -> snapshot path of its latest event sent
         cursor = 0
         while True:
             self._take_acks(inflight)
@@ -152,13 +154,19 @@ class MqttSink(Sink):
                 self._publish_counts()
             batch = []
             if self.connected and len(inflight) < self.cfg.max_inflight:
-                batch = self.spool.pending(self.name, after=cursor, limit=self.cfg.max_inflight - len(inflight))
+                room = self.cfg.max_inflight - len(inflight)
+                batch = self.spool.pending(self.name, after=cursor, limit=room)
                 for record in batch:
                     info = self.client.publish(self.events_topic, record.payload, qos=self.cfg.qos)
                     inflight[info.mid] = record.seq
                     cursor = record.seq
                     if self.snapshot_topic:
-                        self._publish_snapshot(record.payload)
+                        event = json.loads(record.payload)
+                        if event.get("snapshot"):
+                            snapshots[event["label"]] = event["snapshot"]
+                if snapshots and len(batch) < room:  # caught up: of a backlog, only the latest snapshot matters
+                    self._publish_snapshots(snapshots)
+                    snapshots = {}
             # Flushed (only asked while closing: it counts rows): nothing in flight and nothing left for us.
             if self._stopping(flushed=self._deadline is not None and self.spool.depth_of(self.name) == 0):
                 break
@@ -191,17 +199,15 @@ class MqttSink(Sink):
         for label, n in self._counts.items():  # the current dict; set_counts swaps in a new one
             self.client.publish(f"{self.counts_topic}/{label}", str(n), qos=_COUNTS_QOS, retain=True)
 
-    def _publish_snapshot(self, payload: str) -> None:
-        """The event's snapshot file as it is now (its object's best so far) on ``snapshot/<label>``."""
-        event = json.loads(payload)
-        if not event.get("snapshot"):
-            return
-        try:
-            image = Path(event["snapshot"]).read_bytes()
-        except OSError as exc:  # deleted by the snapshots' disk budget since: the event still goes out
-            log.debug("mqtt sink: snapshot of event %s not published: %s", event["seq"], exc)
-            return
-        self.client.publish(f"{self.snapshot_topic}/{event['label']}", image, qos=0, retain=True)
+    def _publish_snapshots(self, snapshots: Mapping[str, str]) -> None:
+        """Each label's latest snapshot file as it is now (its object's best so far) on ``snapshot/<label>``."""
+        for label, path in snapshots.items():
+            try:
+                image = Path(path).read_bytes()
+            except OSError as exc:  # deleted by the snapshots' disk budget since: its event went out all the same
+                log.debug("mqtt sink: snapshot %s not published: %s", path, exc)
+                continue
+            self.client.publish(f"{self.snapshot_topic}/{label}", image, qos=0, retain=True)
 
     def _disconnect(self) -> None:
         """Say 'offline' (a clean close is not a will case) and stop paho's thread."""
