@@ -243,6 +243,10 @@ def test_sigterm_stops_within_2_s(daemon, test_bundles: Path, clip: Path) -> Non
     ("bundle: b\nsource: {uri: x.mp4}\nhttp: {port: http}\n", ["http.port", "'http'", "whole number"]),
     ("bundle: b\nsource:\n  uri: x.mp4\n loop: true\n", ["not valid YAML at line", "fix:"]),
     ("- bundle\n", ["not a mapping"]),
+    ("bundle: b\nsource: {uri: x.mp4}\nzones: [{name: a/b, points: [[0, 0], [1, 0], [1, 1]]}]\n",
+     ["zones.0.name", "'a/b'", "MQTT topics", "no '/'"]),
+    ("bundle: b\nsource: {uri: x.mp4}\nzones: [{name: a, points: [[0, 0], [1, 0], [1, 1]], labelz: [x]}]\n",
+     ["zones.0.labelz", "did you mean `labels`?"]),
 ])
 def test_bad_configs_name_the_field_value_and_fix(device_bin: Path, tmp_path: Path, text: str,
                                                   words: list[str]) -> None:

@@ -138,54 +138,74 @@ def test_mqtt_events_counts_and_availability(tmp_path, mosquitto, subscriber):
 def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_path, mosquitto, subscriber):
     jinja2 = pytest.importorskip("jinja2", reason="Home Assistant renders templates with Jinja2 (torch needs it too)")
     cfg = make_config(tmp_path, mqtt=mqtt_sink(mosquitto))
-    cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"snapshots": tmp_path / "snapshots"})})
+    crosswalk = {"name": "crosswalk", "points": [[0, 0], [100, 0], [100, 100]], "labels": ["pedestrian"]}
+    cfg = DaemonConfig.model_validate({**cfg.model_dump(), "zones": [crosswalk],
+                                       "events": {**cfg.events.model_dump(), "snapshots": tmp_path / "snapshots"}})
     frames = [np.full((48, 64, 3), value, np.uint8) for value in (40, 120, 200)]
     events = make_events(3)  # 3 pedestrians in view; the second one's snapshot already deleted by the disk budget
     for i, frame in enumerate(frames):
         events[i] = dataclasses.replace(events[i], snapshot=str(tmp_path / f"obj-{i}.jpg"))
         if i != 1:
             cv2.imwrite(events[i].snapshot, frame)
+    # In the crosswalk: obj-0 from the start, obj-1 from an update on; obj-0 then leaves the picture.
+    events[0] = dataclasses.replace(events[0], zones=("crosswalk",))
+    moved = dataclasses.replace(events[1], type="update", zones=("crosswalk",))
+    left = dataclasses.replace(events[0], type="end")
+    dashboard = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/snapshot/#", raw=True)
     publisher = build_publisher(cfg).start()
     publisher.submit(events)
-    wait_until(lambda: subscriber.last("edgesight/gate/counts/pedestrian") == "3", what="count 3")
-    wait_until(lambda: len(subscriber.seqs()) == 3, what="every event, the one without its snapshot file too")
+    wait_until(lambda: subscriber.last("edgesight/gate/counts/crosswalk/pedestrian") == "1", what="1 in the zone")
+    publisher.submit([moved])
+    wait_until(lambda: subscriber.last("edgesight/gate/counts/crosswalk/pedestrian") == "2", what="2 in the zone")
+    publisher.submit([left])
+    wait_until(lambda: subscriber.last("edgesight/gate/counts/pedestrian") == "2", what="2 in view")
+    wait_until(lambda: len(subscriber.seqs()) == 5, what="every event, the one without its snapshot file too")
     publisher.close(timeout=2)
+    assert subscriber.last("edgesight/gate/counts/crosswalk/pedestrian") == "1"
+    assert subscriber.last("edgesight/gate/counts/crosswalk/stop_sign") is None  # the zone counts people only
+    dashboard.close()
+    # Snapshots: obj-2's (the latest of the first three), none for obj-1's update (its file is gone), obj-0's end.
+    shown = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).mean() for _, jpeg, _ in dashboard.messages]
+    assert [round(v) for v in shown] == [200, 40]
     # Home Assistant subscribes when it starts, maybe long after the daemon: everything it needs is retained.
     home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
-    wait_until(lambda: len(home_assistant.messages) == 6, what="6 discovery configs")
+    wait_until(lambda: len(home_assistant.messages) == 8, what="8 discovery configs")
     home_assistant.close()
     configs = {topic: json.loads(payload) for topic, payload, retained in home_assistant.messages if retained}
-    assert sorted(configs) == [
-        f"homeassistant/{kind}/edgesight_gate/{label}_{entity}/config"
-        for kind, entity in (("binary_sensor", "occupancy"), ("camera", "snapshot"), ("sensor", "count"))
-        for label in ("pedestrian", "stop_sign")
-    ]
-    assert len({c["unique_id"] for c in configs.values()}) == 6
+    assert sorted(configs) == sorted(
+        f"homeassistant/{kind}/edgesight_gate/{key}_{entity}/config"
+        for kind, entity, keys in (("binary_sensor", "occupancy", ("pedestrian", "stop_sign", "crosswalk_pedestrian")),
+                                   ("sensor", "count", ("pedestrian", "stop_sign", "crosswalk_pedestrian")),
+                                   ("camera", "snapshot", ("pedestrian", "stop_sign")))
+        for key in keys
+    )
+    assert len({c["unique_id"] for c in configs.values()}) == 8
     assert {c["device"]["identifiers"][0] for c in configs.values()} == {"edgesight_gate"}  # one device
     # Each entity reads a topic the daemon really publishes, and goes unavailable with the daemon.
     late = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/#", raw=True)
     wait_until(lambda: late.last("edgesight/gate/snapshot/pedestrian") is not None, what="the retained snapshot")
     late.close()
+    counts = {"pedestrian": 2, "stop_sign": 0, "crosswalk/pedestrian": 1}
     for topic, config in configs.items():
-        label = topic.split("/")[3].rsplit("_", 1)[0]
+        label = topic.split("/")[3].rsplit("_", 1)[0].replace("crosswalk_", "crosswalk/")
         assert config["availability_topic"] == "edgesight/gate/availability"
-        if "/camera/" in topic:  # the latest snapshot of the class: the third event's, the second had none left
+        if "/camera/" in topic:  # the latest snapshot of the class, retained
             assert config["topic"] == f"edgesight/gate/snapshot/{label}"
             image = late.last(config["topic"])
             if label == "pedestrian":
                 decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-                assert abs(float(decoded.mean()) - 200) < 2
+                assert abs(float(decoded.mean()) - 40) < 2
             else:
                 assert image is None  # no stop sign seen yet
             continue
         assert config["state_topic"] == f"edgesight/gate/counts/{label}"
         state = late.last(config["state_topic"]).decode()
         if "/sensor/" in topic:
-            assert config["state_class"] == "measurement" and int(state) == {"pedestrian": 3, "stop_sign": 0}[label]
+            assert config["state_class"] == "measurement" and int(state) == counts[label]
         else:  # the occupancy sensor: on while the count is above 0, as Home Assistant renders the template
             assert config["device_class"] == "occupancy"
             rendered = jinja2.Template(config["value_template"]).render(value=state)
-            assert rendered == {"pedestrian": "ON", "stop_sign": "OFF"}[label]
+            assert rendered == ("ON" if counts[label] else "OFF")
     assert subscriber.last("edgesight/gate/availability") == "offline"
 
 
@@ -206,6 +226,24 @@ def test_mqtt_a_backlog_sends_only_its_latest_snapshot(tmp_path, mosquitto):
     assert [topic for topic, _, _ in dashboard.messages] == ["edgesight/gate/snapshot/pedestrian"]  # one, not 10
     image = cv2.imdecode(np.frombuffer(dashboard.messages[0][1], np.uint8), cv2.IMREAD_COLOR)
     assert abs(float(image.mean()) - 180) < 2  # the last event's
+
+
+def test_mqtt_state_goes_again_to_a_broker_that_lost_it(tmp_path, mosquitto):
+    publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto))).start()
+    publisher.submit(make_events(2))
+    wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="empty spool")
+    mosquitto.stop()
+    for db in mosquitto.folder.glob("*.db"):  # a broker without persistence: its retained messages are gone
+        db.unlink()
+    mosquitto.start()
+    wait_until(lambda: publisher.stats()["sinks"]["mqtt"]["connected"], what="reconnected")
+    late = Subscriber(mosquitto, client_id="late", topic="#")
+    wait_until(lambda: late.last("edgesight/gate/counts/pedestrian") == "2", what="the counts sent again")
+    wait_until(lambda: late.last("homeassistant/sensor/edgesight_gate/pedestrian_count/config"), what="discovery")
+    assert late.last("edgesight/gate/counts/stop_sign") == "0"
+    assert late.last("edgesight/gate/availability") == "online"
+    late.close()
+    publisher.close(timeout=2)
 
 
 def test_home_assistant_discovery_can_be_turned_off(tmp_path, mosquitto):

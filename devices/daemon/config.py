@@ -121,7 +121,8 @@ class TrackerConfig(_Model):
 class ZoneConfig(_Model):
     """A polygon; an object is in the zone when the bottom-centre of its box is inside."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[^/#+]+$",
+                      description="In events and in MQTT topics (counts/<zone>/<label>), so no '/', '#' or '+'.")
     points: tuple[tuple[float, float], ...] = Field(min_length=3, description="Polygon corners [x, y].")
     normalized: bool = Field(False, description="Points are fractions of the frame's width and height.")
     labels: tuple[str, ...] = Field((), description="Only these labels count in this zone (empty: all).")
@@ -392,7 +393,7 @@ def _fix(kind: str, ctx: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     if kind == "literal_error":
         return f"use one of {ctx.get('expected', 'the listed values')}"
     if kind == "string_pattern_mismatch":
-        return f"use a value matching {ctx.get('pattern')}"
+        return f"use a value matching {ctx.get('pattern')}" + (f" ({_field_help(loc)})" if _field_help(loc) else "")
     if kind in ("too_short", "too_long"):
         limit = ctx.get("min_length", ctx.get("max_length"))
         return f"give {'at least' if kind == 'too_short' else 'at most'} {limit} items"
@@ -411,6 +412,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model class that holds the fields at ``loc`` (a path of field names)."""
     model: Any = DaemonConfig
     for part in loc:
+        if isinstance(part, int):  # an item of a list (zones.0.name): the list's model holds its fields
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return None
         annotation = model.model_fields[part].annotation

@@ -33,7 +33,8 @@ class Publisher:
         self.spool = spool
         self.sinks = list(sinks)
         self.submitted = 0
-        self._objects: Counter[str] = Counter()
+        self._objects: Counter[str] = Counter()  # objects in view: "<label>", and "<zone>/<label>" per zone
+        self._counted: dict[str, tuple[str, ...]] = {}  # object id -> the keys of _objects it counts in now
         self._started = False
 
     def start(self) -> Publisher:
@@ -55,8 +56,13 @@ class Publisher:
         self.submitted += len(events)
         counts_changed = False
         for event in events:
-            if event.type in ("new", "end"):
-                self._objects[event.label] += 1 if event.type == "new" else -1
+            now = () if event.type == "end" else (event.label, *(f"{zone}/{event.label}" for zone in event.zones))
+            before = self._counted.pop(event.id, ())
+            if now:
+                self._counted[event.id] = now
+            if now != before:
+                self._objects.subtract(before)
+                self._objects.update(now)
                 counts_changed = True
         if self.spool is None:
             return list(events)
@@ -112,8 +118,11 @@ def build_publisher(cfg: DaemonConfig, camera: str | None = None) -> Publisher:
     if cfg.sinks.mqtt is not None:
         from devices.daemon.sinks.mqtt import MqttSink
 
+        labels = tuple(cfg.classes)
+        zones = {zone.name: tuple(label for label in labels if not zone.labels or label in zone.labels)
+                 for zone in cfg.zones}
         snapshots = cfg.sinks.mqtt.snapshots and cfg.events.snapshots is not None
-        sinks.append(MqttSink(cfg.sinks.mqtt, camera, labels=tuple(cfg.classes), snapshots=snapshots))
+        sinks.append(MqttSink(cfg.sinks.mqtt, camera, labels, zones, snapshots))
     if cfg.sinks.webhook is not None:
         from devices.daemon.sinks.webhook import WebhookSink
 

@@ -6,18 +6,20 @@ Topics (``<prefix>/<camera>/...``):
   PUBACK arrives (paho's ``on_publish``). Delivery is at-least-once: an event whose PUBACK was lost in a
   disconnect or a crash is sent again, so consumers de-duplicate by ``seq``.
 - ``counts/<label>``: objects of that label in view now, an integer, retained (Home Assistant sensors read
-  it as is). Published on change and on every (re)connect; state, not history, so not spooled.
+  it as is); ``counts/<zone>/<label>`` the same within each zone. Published on change and on every
+  (re)connect; state, not history, so not spooled.
 - ``snapshot/<label>``: the JPEG of the last event of that label that has a snapshot (its best one so far),
   retained, QoS 0: state for a dashboard, not spooled. Sent once the sink has caught up with the spool (of a
   backlog only the latest matters); a snapshot already deleted by the disk budget is skipped.
 - ``availability``: ``online`` on connect, ``offline`` on a clean close; the broker publishes ``offline``
   itself (the last will) when the daemon vanishes. Retained.
 
-Home Assistant MQTT discovery (``discovery_prefix``, on by default): on every connect, one retained config
-message per class for a count sensor (``<discovery>/sensor/edgesight_<camera>/<label>_count/config``) and an
-occupancy binary sensor (``.../binary_sensor/...``, on while the count is above 0), both read from
-``counts/<label>``, and with snapshots a camera (``.../camera/...``) showing ``snapshot/<label>``; all marked
-unavailable with the ``availability`` topic, grouped as one device per camera.
+Home Assistant MQTT discovery (``discovery_prefix``, on by default): on every connect, retained config
+messages for a count sensor (``<discovery>/sensor/edgesight_<camera>/<label>_count/config``) and an occupancy
+binary sensor (``.../binary_sensor/...``, on while the count is above 0) per class, read from
+``counts/<label>``, and the same pair per zone and class from ``counts/<zone>/<label>``; with snapshots, a
+camera per class (``.../camera/...``) showing ``snapshot/<label>``. All are unavailable with the
+``availability`` topic and grouped as one device per camera.
 
 At most ``max_inflight`` events are unacknowledged at once. While the broker is away nothing new is handed to
 paho (its own queue lives in memory); paho re-sends what was in flight when it reconnects, and the spool
@@ -53,11 +55,19 @@ class MqttSink(Sink):
         cfg: The ``sinks.mqtt`` section.
         camera: The camera's name (in the topics and the default client id).
         labels: Labels whose counts are published (0 until seen), so a stale retained count is overwritten.
+        zones: Zone name -> the labels counted in it, published as ``counts/<zone>/<label>``.
         snapshots: Publish each event's snapshot on ``snapshot/<label>`` (events have snapshots and
             ``cfg.snapshots`` is on).
     """
 
-    def __init__(self, cfg: MqttConfig, camera: str, labels: tuple[str, ...] = (), snapshots: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        camera: str,
+        labels: tuple[str, ...] = (),
+        zones: Mapping[str, tuple[str, ...]] | None = None,
+        snapshots: bool = False,
+    ) -> None:
         super().__init__(
             "mqtt",
             f"the MQTT broker {cfg.host}:{cfg.port}",
@@ -70,11 +80,15 @@ class MqttSink(Sink):
         self.counts_topic = f"{base}/counts"
         self.availability_topic = f"{base}/availability"
         self.snapshot_topic = f"{base}/snapshot" if snapshots else None
+        zones = zones or {}
         self.discovery = (
-            discovery_messages(cfg.discovery_prefix, base, camera, labels, snapshots) if cfg.discovery_prefix else []
+            discovery_messages(cfg.discovery_prefix, base, camera, labels, zones, snapshots)
+            if cfg.discovery_prefix else []
         )
-        self._counts: dict[str, int] = dict.fromkeys(labels, 0)
+        zone_keys = [f"{zone}/{label}" for zone, counted in zones.items() for label in counted]
+        self._counts: dict[str, int] = dict.fromkeys([*labels, *zone_keys], 0)
         self._counts_dirty = False
+        self._counts_sent: dict[str, int] = {}  # what the broker holds (emptied on connect: all go again)
         self._acks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._refused_logged = False
 
@@ -121,6 +135,7 @@ class MqttSink(Sink):
         for topic, payload in self.discovery:
             client.publish(topic, payload, qos=1, retain=True)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
+        self._counts_sent = {}  # a broker that restarted without persistence holds none of them
         self._counts_dirty = True
         self._up()
         self._wake.set()
@@ -196,8 +211,10 @@ class MqttSink(Sink):
 
     def _publish_counts(self) -> None:
         self._counts_dirty = False
-        for label, n in self._counts.items():  # the current dict; set_counts swaps in a new one
-            self.client.publish(f"{self.counts_topic}/{label}", str(n), qos=_COUNTS_QOS, retain=True)
+        for key, n in self._counts.items():  # the current dict; set_counts swaps in a new one
+            if self._counts_sent.get(key) != n:
+                self.client.publish(f"{self.counts_topic}/{key}", str(n), qos=_COUNTS_QOS, retain=True)
+                self._counts_sent[key] = n
 
     def _publish_snapshots(self, snapshots: Mapping[str, str]) -> None:
         """Each label's latest snapshot file as it is now (its object's best so far) on ``snapshot/<label>``."""
@@ -223,7 +240,12 @@ class MqttSink(Sink):
 
 
 def discovery_messages(
-    prefix: str, base: str, camera: str, labels: tuple[str, ...], snapshots: bool = False
+    prefix: str,
+    base: str,
+    camera: str,
+    labels: tuple[str, ...],
+    zones: Mapping[str, tuple[str, ...]] | None = None,
+    snapshots: bool = False,
 ) -> list[tuple[str, str]]:
     """Home Assistant's MQTT discovery config messages for this camera: (topic, JSON payload) pairs.
 
@@ -232,6 +254,7 @@ def discovery_messages(
         base: This camera's topic root, ``<topic_prefix>/<camera>``.
         camera: The camera's name.
         labels: The classes whose counts are published.
+        zones: Zone name -> the labels counted in it.
         snapshots: Whether ``snapshot/<label>`` is published (then a camera entity per class shows it).
     """
     node = _discovery_id(f"edgesight_{camera}")
@@ -245,20 +268,23 @@ def discovery_messages(
     entity = {"availability_topic": f"{base}/availability", "device": device, "origin": {"name": "edgesight"}}
     root = prefix.rstrip("/")
     messages = []
-    for label in labels:
-        name, label_id = label.replace("_", " "), _discovery_id(label)
-        counts = {**entity, "state_topic": f"{base}/counts/{label}"}
-        sensor = {**counts, "name": f"{name} count", "unique_id": f"{node}_{label_id}_count",
+    counted = [(label, label, label) for label in labels]  # (count key, entity name, id)
+    counted += [(f"{zone}/{label}", f"{zone} {label}", f"{zone}_{label}")
+                for zone, zone_labels in (zones or {}).items() for label in zone_labels]
+    for key, name, key_id in counted:
+        name, key_id = name.replace("_", " "), _discovery_id(key_id)
+        counts = {**entity, "state_topic": f"{base}/counts/{key}"}
+        sensor = {**counts, "name": f"{name} count", "unique_id": f"{node}_{key_id}_count",
                   "state_class": "measurement", "icon": "mdi:counter"}
-        occupancy = {**counts, "name": f"{name} detected", "unique_id": f"{node}_{label_id}_occupancy",
+        occupancy = {**counts, "name": f"{name} detected", "unique_id": f"{node}_{key_id}_occupancy",
                      "device_class": "occupancy",
                      "value_template": "{{ 'ON' if value | int > 0 else 'OFF' }}"}
-        messages.append((f"{root}/sensor/{node}/{label_id}_count/config", json.dumps(sensor)))
-        messages.append((f"{root}/binary_sensor/{node}/{label_id}_occupancy/config", json.dumps(occupancy)))
-        if snapshots:
-            image = {**entity, "topic": f"{base}/snapshot/{label}", "name": f"{name} snapshot",
-                     "unique_id": f"{node}_{label_id}_snapshot"}
-            messages.append((f"{root}/camera/{node}/{label_id}_snapshot/config", json.dumps(image)))
+        messages.append((f"{root}/sensor/{node}/{key_id}_count/config", json.dumps(sensor)))
+        messages.append((f"{root}/binary_sensor/{node}/{key_id}_occupancy/config", json.dumps(occupancy)))
+    for label in labels if snapshots else ():
+        image = {**entity, "topic": f"{base}/snapshot/{label}", "name": f"{label.replace('_', ' ')} snapshot",
+                 "unique_id": f"{node}_{_discovery_id(label)}_snapshot"}
+        messages.append((f"{root}/camera/{node}/{_discovery_id(label)}_snapshot/config", json.dumps(image)))
     return messages
 
 
