@@ -139,7 +139,8 @@ def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_p
     jinja2 = pytest.importorskip("jinja2", reason="Home Assistant renders templates with Jinja2 (torch needs it too)")
     cfg = make_config(tmp_path, mqtt=mqtt_sink(mosquitto))
     crosswalk = {"name": "crosswalk", "points": [[0, 0], [100, 0], [100, 100]], "labels": ["pedestrian"]}
-    cfg = DaemonConfig.model_validate({**cfg.model_dump(), "zones": [crosswalk],
+    kerb = {"name": "kerb", "a": [0, 50], "b": [100, 50]}  # counts pedestrians crossing it
+    cfg = DaemonConfig.model_validate({**cfg.model_dump(), "zones": [crosswalk], "line": kerb,
                                        "events": {**cfg.events.model_dump(), "snapshots": tmp_path / "snapshots"}})
     frames = [np.full((48, 64, 3), value, np.uint8) for value in (40, 120, 200)]
     events = make_events(3)  # 3 pedestrians in view; the second one's snapshot already deleted by the disk budget
@@ -151,6 +152,7 @@ def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_p
     events[0] = dataclasses.replace(events[0], zones=("crosswalk",))
     moved = dataclasses.replace(events[1], type="update", zones=("crosswalk",))
     left = dataclasses.replace(events[0], type="end")
+    crossed = dataclasses.replace(events[2], type="update", line_crossing=("kerb", "in"))
     dashboard = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/snapshot/#", raw=True)
     publisher = build_publisher(cfg).start()
     publisher.submit(events)
@@ -158,54 +160,61 @@ def test_home_assistant_discovers_counts_occupancy_and_snapshots_per_class(tmp_p
     publisher.submit([moved])
     wait_until(lambda: subscriber.last("edgesight/gate/counts/crosswalk/pedestrian") == "2", what="2 in the zone")
     publisher.submit([left])
-    wait_until(lambda: subscriber.last("edgesight/gate/counts/pedestrian") == "2", what="2 in view")
     wait_until(lambda: len(subscriber.seqs()) == 5, what="every event, the one without its snapshot file too")
+    publisher.submit([crossed])
+    wait_until(lambda: len(subscriber.seqs()) == 6, what="the crossing")
+    assert subscriber.last("edgesight/gate/counts/pedestrian") == "2"
     publisher.close(timeout=2)
     assert subscriber.last("edgesight/gate/counts/crosswalk/pedestrian") == "1"
     assert subscriber.last("edgesight/gate/counts/crosswalk/stop_sign") is None  # the zone counts people only
+    assert subscriber.last("edgesight/gate/crossings/kerb/in/pedestrian") == "1"
+    assert subscriber.last("edgesight/gate/crossings/kerb/out/pedestrian") == "0"
+    assert subscriber.last("edgesight/gate/crossings/kerb/in/stop_sign") is None  # the line counts people only
     dashboard.close()
-    # Snapshots: obj-2's (the latest of the first three), none for obj-1's update (its file is gone), obj-0's end.
+    # Snapshots: obj-2's (the latest of the first three), none for obj-1's update (its file is gone), obj-0's end,
+    # obj-2's crossing.
     shown = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).mean() for _, jpeg, _ in dashboard.messages]
-    assert [round(v) for v in shown] == [200, 40]
+    assert [round(v) for v in shown] == [200, 40, 200]
     # Home Assistant subscribes when it starts, maybe long after the daemon: everything it needs is retained.
     home_assistant = Subscriber(mosquitto, client_id="home-assistant", topic="homeassistant/#")
-    wait_until(lambda: len(home_assistant.messages) == 8, what="8 discovery configs")
+    wait_until(lambda: len(home_assistant.messages) == 10, what="10 discovery configs")
     home_assistant.close()
     configs = {topic: json.loads(payload) for topic, payload, retained in home_assistant.messages if retained}
-    assert sorted(configs) == sorted(
-        f"homeassistant/{kind}/edgesight_gate/{key}_{entity}/config"
-        for kind, entity, keys in (("binary_sensor", "occupancy", ("pedestrian", "stop_sign", "crosswalk_pedestrian")),
-                                   ("sensor", "count", ("pedestrian", "stop_sign", "crosswalk_pedestrian")),
-                                   ("camera", "snapshot", ("pedestrian", "stop_sign")))
-        for key in keys
-    )
-    assert len({c["unique_id"] for c in configs.values()}) == 8
-    assert {c["device"]["identifiers"][0] for c in configs.values()} == {"edgesight_gate"}  # one device
-    # Each entity reads a topic the daemon really publishes, and goes unavailable with the daemon.
     late = Subscriber(mosquitto, client_id="dashboard", topic="edgesight/gate/#", raw=True)
     wait_until(lambda: late.last("edgesight/gate/snapshot/pedestrian") is not None, what="the retained snapshot")
     late.close()
-    counts = {"pedestrian": 2, "stop_sign": 0, "crosswalk/pedestrian": 1}
-    for topic, config in configs.items():
-        label = topic.split("/")[3].rsplit("_", 1)[0].replace("crosswalk_", "crosswalk/")
-        assert config["availability_topic"] == "edgesight/gate/availability"
-        if "/camera/" in topic:  # the latest snapshot of the class, retained
-            assert config["topic"] == f"edgesight/gate/snapshot/{label}"
-            image = late.last(config["topic"])
-            if label == "pedestrian":
-                decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-                assert abs(float(decoded.mean()) - 40) < 2
-            else:
-                assert image is None  # no stop sign seen yet
+    # Every entity, the topic it reads (all really published and retained) and what Home Assistant shows now.
+    expected = {
+        "sensor/edgesight_gate/pedestrian_count": ("counts/pedestrian", "2"),
+        "sensor/edgesight_gate/stop_sign_count": ("counts/stop_sign", "0"),
+        "sensor/edgesight_gate/crosswalk_pedestrian_count": ("counts/crosswalk/pedestrian", "1"),
+        "binary_sensor/edgesight_gate/pedestrian_occupancy": ("counts/pedestrian", "ON"),
+        "binary_sensor/edgesight_gate/stop_sign_occupancy": ("counts/stop_sign", "OFF"),
+        "binary_sensor/edgesight_gate/crosswalk_pedestrian_occupancy": ("counts/crosswalk/pedestrian", "ON"),
+        "sensor/edgesight_gate/kerb_in_pedestrian_crossings": ("crossings/kerb/in/pedestrian", "1"),
+        "sensor/edgesight_gate/kerb_out_pedestrian_crossings": ("crossings/kerb/out/pedestrian", "0"),
+        "camera/edgesight_gate/pedestrian_snapshot": ("snapshot/pedestrian", 200),  # obj-2's, the latest
+        "camera/edgesight_gate/stop_sign_snapshot": ("snapshot/stop_sign", None),  # no stop sign seen yet
+    }
+    assert sorted(configs) == sorted(f"homeassistant/{entity}/config" for entity in expected)
+    assert len({c["unique_id"] for c in configs.values()}) == len(expected)
+    assert {c["device"]["identifiers"][0] for c in configs.values()} == {"edgesight_gate"}  # one device
+    for entity, (topic, shown) in expected.items():
+        config = configs[f"homeassistant/{entity}/config"]
+        assert config["availability_topic"] == "edgesight/gate/availability"  # unavailable with the daemon
+        value = late.last(f"edgesight/gate/{topic}")
+        if entity.startswith("camera/"):
+            assert config["topic"] == f"edgesight/gate/{topic}"
+            assert value is None if shown is None else round(
+                cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR).mean()) == shown
             continue
-        assert config["state_topic"] == f"edgesight/gate/counts/{label}"
-        state = late.last(config["state_topic"]).decode()
-        if "/sensor/" in topic:
-            assert config["state_class"] == "measurement" and int(state) == counts[label]
-        else:  # the occupancy sensor: on while the count is above 0, as Home Assistant renders the template
+        assert config["state_topic"] == f"edgesight/gate/{topic}"
+        if entity.startswith("binary_sensor/"):  # on while the count is above 0, as Home Assistant renders it
             assert config["device_class"] == "occupancy"
-            rendered = jinja2.Template(config["value_template"]).render(value=state)
-            assert rendered == ("ON" if counts[label] else "OFF")
+            assert jinja2.Template(config["value_template"]).render(value=value.decode()) == shown
+        else:
+            assert value.decode() == shown
+            assert config["state_class"] == ("total_increasing" if "crossings" in topic else "measurement")
     assert subscriber.last("edgesight/gate/availability") == "offline"
 
 

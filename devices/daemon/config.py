@@ -136,7 +136,9 @@ class ZoneConfig(_Model):
 class LineConfig(_Model):
     """A counting line: objects whose bottom-centre crosses it are counted, in each direction."""
 
-    name: str = "line"
+    name: str = Field("line", min_length=1, pattern=r"^[^/#+]+$",
+                      description="In events and in MQTT topics (crossings/<line>/<direction>/<label>), so no '/', "
+                                  "'#' or '+'.")
     a: tuple[float, float]
     b: tuple[float, float]
     normalized: bool = False

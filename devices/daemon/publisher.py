@@ -15,7 +15,7 @@ from typing import Any
 
 from devices.daemon.config import DaemonConfig
 from devices.daemon.events import Event
-from devices.daemon.sinks import Sink
+from devices.daemon.sinks import Sink, StateTopic
 from devices.daemon.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ class Publisher:
         self.spool = spool
         self.sinks = list(sinks)
         self.submitted = 0
-        self._objects: Counter[str] = Counter()  # objects in view: "<label>", and "<zone>/<label>" per zone
-        self._counted: dict[str, tuple[str, ...]] = {}  # object id -> the keys of _objects it counts in now
+        # State for dashboards, by MQTT topic under <prefix>/<camera>: objects in view ("counts/<label>" and
+        # "counts/<zone>/<label>") and line crossings since the start ("crossings/<line>/<direction>/<label>").
+        self._state: Counter[str] = Counter()
+        self._counted: dict[str, tuple[str, ...]] = {}  # object id -> the counts it is in now
         self._started = False
 
     def start(self) -> Publisher:
@@ -54,22 +56,27 @@ class Publisher:
         if not events:
             return []
         self.submitted += len(events)
-        counts_changed = False
+        state_changed = False
         for event in events:
-            now = () if event.type == "end" else (event.label, *(f"{zone}/{event.label}" for zone in event.zones))
+            label = event.label
+            now = () if event.type == "end" else (f"counts/{label}", *(f"counts/{z}/{label}" for z in event.zones))
             before = self._counted.pop(event.id, ())
             if now:
                 self._counted[event.id] = now
             if now != before:
-                self._objects.subtract(before)
-                self._objects.update(now)
-                counts_changed = True
+                self._state.subtract(before)
+                self._state.update(now)
+                state_changed = True
+            if event.line_crossing:
+                line, direction = event.line_crossing
+                self._state[f"crossings/{line}/{direction}/{label}"] += 1
+                state_changed = True
         if self.spool is None:
             return list(events)
         numbered = self.spool.put(events)
         for sink in self.sinks:
-            if counts_changed:
-                sink.set_counts(dict(self._objects))
+            if state_changed:
+                sink.set_state(dict(self._state))
             sink.wake()
         return numbered
 
@@ -103,6 +110,23 @@ class Publisher:
         self.close()
 
 
+def dashboard_state(cfg: DaemonConfig) -> dict[str, StateTopic]:
+    """Every state topic the publisher keeps for ``cfg`` (0 at the start), by topic under ``<prefix>/<camera>``."""
+    labels = tuple(cfg.classes)
+    topics = {f"counts/{label}": StateTopic("count", label) for label in labels}
+    for zone in cfg.zones:
+        for label in labels:
+            if not zone.labels or label in zone.labels:
+                topics[f"counts/{zone.name}/{label}"] = StateTopic("count", label, zone.name)
+    if cfg.line is not None:
+        for direction in ("in", "out"):
+            for label in labels:
+                if not cfg.line.labels or label in cfg.line.labels:
+                    topics[f"crossings/{cfg.line.name}/{direction}/{label}"] = StateTopic(
+                        "crossings", label, f"{cfg.line.name} {direction}")
+    return topics
+
+
 def build_publisher(cfg: DaemonConfig, camera: str | None = None) -> Publisher:
     """The publisher for ``cfg.sinks`` (not started), its spool at ``cfg.events.spool``.
 
@@ -118,11 +142,8 @@ def build_publisher(cfg: DaemonConfig, camera: str | None = None) -> Publisher:
     if cfg.sinks.mqtt is not None:
         from devices.daemon.sinks.mqtt import MqttSink
 
-        labels = tuple(cfg.classes)
-        zones = {zone.name: tuple(label for label in labels if not zone.labels or label in zone.labels)
-                 for zone in cfg.zones}
         snapshots = cfg.sinks.mqtt.snapshots and cfg.events.snapshots is not None
-        sinks.append(MqttSink(cfg.sinks.mqtt, camera, labels, zones, snapshots))
+        sinks.append(MqttSink(cfg.sinks.mqtt, camera, dashboard_state(cfg), snapshots))
     if cfg.sinks.webhook is not None:
         from devices.daemon.sinks.webhook import WebhookSink
 

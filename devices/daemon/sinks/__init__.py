@@ -13,11 +13,27 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from devices.daemon.spool import Spool, Spooled
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StateTopic:
+    """What one dashboard state topic holds (``Publisher.submit`` keeps the numbers).
+
+    Attributes:
+        kind: ``count`` (objects in view now) or ``crossings`` (line crossings since the daemon started).
+        label: The class counted.
+        where: The zone, or ``<line> <direction>``, or None for the whole picture.
+    """
+
+    kind: Literal["count", "crossings"]
+    label: str
+    where: str | None = None
 
 
 class SinkDown(Exception):
@@ -69,8 +85,8 @@ class Sink(ABC):
         """New events are in the spool."""
         self._wake.set()
 
-    def set_counts(self, counts: Mapping[str, int]) -> None:  # noqa: B027 (optional hook, most sinks ignore counts)
-        """Objects now per label (only MQTT publishes them)."""
+    def set_state(self, state: Mapping[str, int]) -> None:  # noqa: B027 (optional hook, most sinks ignore it)
+        """Counts for dashboards, by topic (``Publisher``: objects in view, line crossings); only MQTT sends them."""
 
     def finish_by(self, deadline: float) -> None:
         """Start closing: deliver what the destination takes until ``deadline`` (``time.monotonic()``)."""

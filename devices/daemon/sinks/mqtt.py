@@ -6,8 +6,9 @@ Topics (``<prefix>/<camera>/...``):
   PUBACK arrives (paho's ``on_publish``). Delivery is at-least-once: an event whose PUBACK was lost in a
   disconnect or a crash is sent again, so consumers de-duplicate by ``seq``.
 - ``counts/<label>``: objects of that label in view now, an integer, retained (Home Assistant sensors read
-  it as is); ``counts/<zone>/<label>`` the same within each zone. Published on change and on every
-  (re)connect; state, not history, so not spooled.
+  it as is); ``counts/<zone>/<label>`` the same within each zone; ``crossings/<line>/<in|out>/<label>``: line
+  crossings since the daemon started. Published on change and all again on every (re)connect; state, not
+  history, so not spooled.
 - ``snapshot/<label>``: the JPEG of the last event of that label that has a snapshot (its best one so far),
   retained, QoS 0: state for a dashboard, not spooled. Sent once the sink has caught up with the spool (of a
   backlog only the latest matters); a snapshot already deleted by the disk budget is skipped.
@@ -17,9 +18,9 @@ Topics (``<prefix>/<camera>/...``):
 Home Assistant MQTT discovery (``discovery_prefix``, on by default): on every connect, retained config
 messages for a count sensor (``<discovery>/sensor/edgesight_<camera>/<label>_count/config``) and an occupancy
 binary sensor (``.../binary_sensor/...``, on while the count is above 0) per class, read from
-``counts/<label>``, and the same pair per zone and class from ``counts/<zone>/<label>``; with snapshots, a
-camera per class (``.../camera/...``) showing ``snapshot/<label>``. All are unavailable with the
-``availability`` topic and grouped as one device per camera.
+``counts/<label>``, the same pair per zone and class, a ``total_increasing`` sensor per line direction and
+class, and with snapshots a camera per class (``.../camera/...``) showing ``snapshot/<label>``. All are
+unavailable with the ``availability`` topic and grouped as one device per camera.
 
 At most ``max_inflight`` events are unacknowledged at once. While the broker is away nothing new is handed to
 paho (its own queue lives in memory); paho re-sends what was in flight when it reconnects, and the spool
@@ -38,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from devices.daemon.config import MqttConfig
-from devices.daemon.sinks import Sink
+from devices.daemon.sinks import Sink, StateTopic
 from devices.errors import ConfigError, require
 from devices.host import package_version
 
 log = logging.getLogger(__name__)
 
-_COUNTS_QOS = 1
+_STATE_QOS = 1
 _OFFLINE_WAIT = 1.0  # seconds a clean close waits for the broker to take 'offline'
 
 
@@ -54,8 +55,8 @@ class MqttSink(Sink):
     Args:
         cfg: The ``sinks.mqtt`` section.
         camera: The camera's name (in the topics and the default client id).
-        labels: Labels whose counts are published (0 until seen), so a stale retained count is overwritten.
-        zones: Zone name -> the labels counted in it, published as ``counts/<zone>/<label>``.
+        state: Every state topic (``publisher.dashboard_state``), published as 0 until counted, so that a stale
+            retained value is overwritten.
         snapshots: Publish each event's snapshot on ``snapshot/<label>`` (events have snapshots and
             ``cfg.snapshots`` is on).
     """
@@ -64,8 +65,7 @@ class MqttSink(Sink):
         self,
         cfg: MqttConfig,
         camera: str,
-        labels: tuple[str, ...] = (),
-        zones: Mapping[str, tuple[str, ...]] | None = None,
+        state: Mapping[str, StateTopic] | None = None,
         snapshots: bool = False,
     ) -> None:
         super().__init__(
@@ -77,18 +77,16 @@ class MqttSink(Sink):
         self.cfg = cfg
         base = f"{cfg.topic_prefix.rstrip('/')}/{camera}"
         self.events_topic = f"{base}/events"
-        self.counts_topic = f"{base}/counts"
+        self.base = base
         self.availability_topic = f"{base}/availability"
         self.snapshot_topic = f"{base}/snapshot" if snapshots else None
-        zones = zones or {}
+        state = state or {}
         self.discovery = (
-            discovery_messages(cfg.discovery_prefix, base, camera, labels, zones, snapshots)
-            if cfg.discovery_prefix else []
+            discovery_messages(cfg.discovery_prefix, base, camera, state, snapshots) if cfg.discovery_prefix else []
         )
-        zone_keys = [f"{zone}/{label}" for zone, counted in zones.items() for label in counted]
-        self._counts: dict[str, int] = dict.fromkeys([*labels, *zone_keys], 0)
-        self._counts_dirty = False
-        self._counts_sent: dict[str, int] = {}  # what the broker holds (emptied on connect: all go again)
+        self._state: dict[str, int] = dict.fromkeys(state, 0)
+        self._state_dirty = False
+        self._state_sent: dict[str, int] = {}  # what the broker holds (emptied on connect: all go again)
         self._acks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
         self._refused_logged = False
 
@@ -110,12 +108,12 @@ class MqttSink(Sink):
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
 
-    def set_counts(self, counts: Mapping[str, int]) -> None:
-        changed = {label: n for label, n in counts.items() if self._counts.get(label) != n}
+    def set_state(self, state: Mapping[str, int]) -> None:
+        changed = {topic: n for topic, n in state.items() if self._state.get(topic) != n}
         if changed:
             # A new dict, swapped in whole: the sink's thread may be iterating over the old one.
-            self._counts = {**self._counts, **changed}
-            self._counts_dirty = True
+            self._state = {**self._state, **changed}
+            self._state_dirty = True
             self._wake.set()
 
     # --- paho callbacks (paho's network thread: only record and wake the sink's thread) ----------------------
@@ -135,8 +133,8 @@ class MqttSink(Sink):
         for topic, payload in self.discovery:
             client.publish(topic, payload, qos=1, retain=True)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
-        self._counts_sent = {}  # a broker that restarted without persistence holds none of them
-        self._counts_dirty = True
+        self._state_sent = {}  # a broker that restarted without persistence holds none of them
+        self._state_dirty = True
         self._up()
         self._wake.set()
 
@@ -165,8 +163,8 @@ class MqttSink(Sink):
         cursor = 0
         while True:
             self._take_acks(inflight)
-            if self.connected and self._counts_dirty:
-                self._publish_counts()
+            if self.connected and self._state_dirty:
+                self._publish_state()
             batch = []
             if self.connected and len(inflight) < self.cfg.max_inflight:
                 room = self.cfg.max_inflight - len(inflight)
@@ -209,12 +207,12 @@ class MqttSink(Sink):
             acked.append(seq)
         self.spool.ack(self.name, acked)
 
-    def _publish_counts(self) -> None:
-        self._counts_dirty = False
-        for key, n in self._counts.items():  # the current dict; set_counts swaps in a new one
-            if self._counts_sent.get(key) != n:
-                self.client.publish(f"{self.counts_topic}/{key}", str(n), qos=_COUNTS_QOS, retain=True)
-                self._counts_sent[key] = n
+    def _publish_state(self) -> None:
+        self._state_dirty = False
+        for topic, n in self._state.items():  # the current dict; set_state swaps in a new one
+            if self._state_sent.get(topic) != n:
+                self.client.publish(f"{self.base}/{topic}", str(n), qos=_STATE_QOS, retain=True)
+                self._state_sent[topic] = n
 
     def _publish_snapshots(self, snapshots: Mapping[str, str]) -> None:
         """Each label's latest snapshot file as it is now (its object's best so far) on ``snapshot/<label>``."""
@@ -240,12 +238,7 @@ class MqttSink(Sink):
 
 
 def discovery_messages(
-    prefix: str,
-    base: str,
-    camera: str,
-    labels: tuple[str, ...],
-    zones: Mapping[str, tuple[str, ...]] | None = None,
-    snapshots: bool = False,
+    prefix: str, base: str, camera: str, state: Mapping[str, StateTopic], snapshots: bool = False
 ) -> list[tuple[str, str]]:
     """Home Assistant's MQTT discovery config messages for this camera: (topic, JSON payload) pairs.
 
@@ -253,8 +246,7 @@ def discovery_messages(
         prefix: Home Assistant's discovery prefix (``homeassistant`` unless changed there).
         base: This camera's topic root, ``<topic_prefix>/<camera>``.
         camera: The camera's name.
-        labels: The classes whose counts are published.
-        zones: Zone name -> the labels counted in it.
+        state: The state topics under ``base`` (``publisher.dashboard_state``).
         snapshots: Whether ``snapshot/<label>`` is published (then a camera entity per class shows it).
     """
     node = _discovery_id(f"edgesight_{camera}")
@@ -268,20 +260,22 @@ def discovery_messages(
     entity = {"availability_topic": f"{base}/availability", "device": device, "origin": {"name": "edgesight"}}
     root = prefix.rstrip("/")
     messages = []
-    counted = [(label, label, label) for label in labels]  # (count key, entity name, id)
-    counted += [(f"{zone}/{label}", f"{zone} {label}", f"{zone}_{label}")
-                for zone, zone_labels in (zones or {}).items() for label in zone_labels]
-    for key, name, key_id in counted:
-        name, key_id = name.replace("_", " "), _discovery_id(key_id)
-        counts = {**entity, "state_topic": f"{base}/counts/{key}"}
-        sensor = {**counts, "name": f"{name} count", "unique_id": f"{node}_{key_id}_count",
+    for topic, what in state.items():
+        name = " ".join(filter(None, (what.where, what.label.replace("_", " "))))
+        key = _discovery_id(name.replace(" ", "_"))
+        reads = {**entity, "state_topic": f"{base}/{topic}"}
+        if what.kind == "crossings":  # since the daemon started: Home Assistant takes a drop to 0 as a restart
+            sensor = {**reads, "name": f"{name} crossings", "unique_id": f"{node}_{key}_crossings",
+                      "state_class": "total_increasing", "icon": "mdi:transfer"}
+            messages.append((f"{root}/sensor/{node}/{key}_crossings/config", json.dumps(sensor)))
+            continue
+        sensor = {**reads, "name": f"{name} count", "unique_id": f"{node}_{key}_count",
                   "state_class": "measurement", "icon": "mdi:counter"}
-        occupancy = {**counts, "name": f"{name} detected", "unique_id": f"{node}_{key_id}_occupancy",
-                     "device_class": "occupancy",
-                     "value_template": "{{ 'ON' if value | int > 0 else 'OFF' }}"}
-        messages.append((f"{root}/sensor/{node}/{key_id}_count/config", json.dumps(sensor)))
-        messages.append((f"{root}/binary_sensor/{node}/{key_id}_occupancy/config", json.dumps(occupancy)))
-    for label in labels if snapshots else ():
+        occupancy = {**reads, "name": f"{name} detected", "unique_id": f"{node}_{key}_occupancy",
+                     "device_class": "occupancy", "value_template": "{{ 'ON' if value | int > 0 else 'OFF' }}"}
+        messages.append((f"{root}/sensor/{node}/{key}_count/config", json.dumps(sensor)))
+        messages.append((f"{root}/binary_sensor/{node}/{key}_occupancy/config", json.dumps(occupancy)))
+    for label in sorted({what.label for what in state.values()}) if snapshots else ():
         image = {**entity, "topic": f"{base}/snapshot/{label}", "name": f"{label.replace('_', ' ')} snapshot",
                  "unique_id": f"{node}_{_discovery_id(label)}_snapshot"}
         messages.append((f"{root}/camera/{node}/{_discovery_id(label)}_snapshot/config", json.dumps(image)))
