@@ -110,6 +110,7 @@ test: install tflite-runtime device-venv window-venv services test-bundles rootf
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .venv-tflite .venv-window runs build *.egg-info

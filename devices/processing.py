@@ -54,6 +54,7 @@ def place(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Placement]:
 def to_tensor(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Turn a placed uint8 BGR image (H, W, 3) into the model's batch-of-one input tensor."""
     img = placed[:, :, ::-1] if spec.channel_order == "RGB" else placed
+    x: np.ndarray  # the branches below give float32, uint8 or int8
     if spec.dtype == "float32":
         x = img.astype(np.float32) * spec.scale
         if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
@@ -68,8 +69,10 @@ def to_tensor(placed: np.ndarray, spec: InputSpec) -> np.ndarray:
             info = np.iinfo(np.dtype(spec.dtype))
             x = (img.astype(np.int16) + offset).clip(info.min, info.max).astype(spec.dtype)
     else:
-        # Integer input: quantize the float the model was trained on with the input's scale/zero point.
-        real = img.astype(np.float32) * spec.scale
+        # Integer input: quantize the float the model was trained on with the input's scale/zero point (an
+        # integer InputSpec carries both; BundleDetector checks them against the model file when it opens).
+        assert spec.quant_scale is not None and spec.quant_zero_point is not None
+        real: np.ndarray = img.astype(np.float32) * spec.scale
         real = (real - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
         info = np.iinfo(np.dtype(spec.dtype))
         q = np.round(real / spec.quant_scale) + spec.quant_zero_point
@@ -194,7 +197,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int | None = N
     """Greedy non-maximum suppression; returns kept indices, best first, at most ``limit`` of them."""
     order = np.argsort(-scores, kind="stable")
     areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    keep = []
+    keep: list[np.intp] = []
     while order.size and (limit is None or len(keep) < limit):
         i = order[0]
         keep.append(i)

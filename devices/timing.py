@@ -22,6 +22,6 @@ def time_frame(detector: TimedDetector, frame: np.ndarray) -> tuple[float, float
     return (t2 - t1) * 1000.0, (t3 - t0) * 1000.0
 
 
-def percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     """The q-th percentile (linear interpolation)."""
     return float(np.percentile(np.asarray(values, np.float64), q))

@@ -68,7 +68,7 @@ def warn_on_fallback(chosen: Sequence[str], used: Sequence[str], available: Sequ
 
 
 # ONNX element types the device pipeline can produce (devices.types.InputSpec.dtype).
-_ONNX_DTYPES = {
+_ONNX_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(uint8)": np.dtype(np.uint8),
     "tensor(int8)": np.dtype(np.int8),
@@ -102,7 +102,7 @@ class OnnxRuntimeBackend(Openable):
         self._input_name = ""
         self._output_name = ""
         self._input_shape: tuple[int, ...] = ()
-        self._input_dtype = np.dtype(np.float32)
+        self._input_dtype: np.dtype = np.dtype(np.float32)
 
     #: The runtime's key in ``devices.backends.RUNTIMES``.
     runtime = "onnxruntime"

@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,9 @@ class Recorder:
         with self._lock:
             if self._writer is None:
                 path = self.folder / self.VIDEO
-                self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                               (image.shape[1], image.shape[0]))
+                # OpenCV's generated stubs omit VideoWriter_fourcc, which its bindings still provide (opencv#24818).
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]
+                self._writer = cv2.VideoWriter(str(path), fourcc, self.fps, (image.shape[1], image.shape[0]))
                 if not self._writer.isOpened():
                     raise DataError(f"OpenCV cannot write {path}", "check the folder is writable")
                 self.first_mono = now
@@ -178,7 +179,8 @@ def render_summary(daemon: Daemon, status: dict[str, Any], recorder: Recorder, c
 
     # How fast: the whole run, first to last processed frame.
     loop = status.get("loop", {})
-    span = (recorder.last_mono - recorder.first_mono) if recorder.frames > 1 else 0.0
+    first, last = recorder.first_mono, recorder.last_mono
+    span = last - first if recorder.frames > 1 and first is not None and last is not None else 0.0
     fps = (recorder.frames - 1) / span if span > 0 else 0.0
     row = (f"| {recorder.frames} | {loop.get('detected', 0)} | {loop.get('motion_skipped', 0)} | {seconds:.1f} s "
            f"| {fps:.1f} |")
@@ -193,7 +195,7 @@ def render_summary(daemon: Daemon, status: dict[str, Any], recorder: Recorder, c
     counts = _event_counts(recorder.folder / Recorder.EVENTS)
     lines += ["## Events", "", "| class | new | update | end |", "|---|---:|---:|---:|"]
     for label in manifest.labels:
-        c = counts.get(label, {})
+        c: Mapping[str, int] = counts.get(label, {})
         lines.append(f"| {label} | {c.get('new', 0)} | {c.get('update', 0)} | {c.get('end', 0)} |")
     line_stats = (status.get("tracks") or {}).get("line")
     if line_stats:

@@ -319,10 +319,11 @@ class EventPipeline:
                 reported.best_box = track.box
 
     def _write_snapshot(self, track: Track, reported: _Reported) -> None:
-        if self.snapshots is None or reported.best_image is None:
+        best_image, best_box = reported.best_image, reported.best_box  # kept together by _keep_best_frames
+        if self.snapshots is None or best_image is None or best_box is None:
             return
-        image = reported.best_image.copy()
-        x1, y1, x2, y2 = (round(float(v)) for v in reported.best_box)
+        image = best_image.copy()
+        x1, y1, x2, y2 = (round(float(v)) for v in best_box)
         cv2.rectangle(image, (x1, y1), (x2, y2), (0, 255, 0), 2)
         cv2.putText(image, f"{track.label} {reported.best_score:.2f}", (x1, max(12, y1 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1, cv2.LINE_AA)
@@ -347,8 +348,9 @@ class EventPipeline:
         snapshot: str | None = None,
     ) -> Event:
         width, height = self._size
-        box = tuple(round(float(v), 1) for v in track.box)
-        norm = (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+        x1, y1, x2, y2 = (round(float(v), 1) for v in track.box)
+        norm = (x1 / width, y1 / height, x2 / width, y2 / height)
+        nx1, ny1, nx2, ny2 = (round(min(max(v, 0.0), 1.0), 4) for v in norm)
         reported = self._reported.get(track.uid)
         return Event(
             type=kind,
@@ -357,8 +359,8 @@ class EventPipeline:
             label=track.label,
             score=round(track.score, 4),
             top_score=round(track.top_score, 4),
-            box=box,
-            box_norm=tuple(round(min(max(v, 0.0), 1.0), 4) for v in norm),
+            box=(x1, y1, x2, y2),
+            box_norm=(nx1, ny1, nx2, ny2),
             frame_time=frame_time,
             frame_index=frame_index,
             start_time=track.first_time,

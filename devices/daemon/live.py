@@ -175,7 +175,9 @@ class LiveView:
             while not self._closed.is_set():
                 if not self._wait_newer(seq, timeout=1.0):
                     continue  # nothing new: the page's banner says the picture is frozen, the stream stays open
-                seq, data, index = self.jpeg(boxes)
+                shot = self.jpeg(boxes)
+                assert shot is not None  # _wait_newer saw a frame, and a shown frame is never taken back
+                seq, data, index = shot
                 head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\nX-Frame-Index: %d\r\n\r\n"
                 handler.wfile.write(head % (len(data), index))
                 handler.wfile.write(data + b"\r\n")
@@ -285,11 +287,12 @@ class LiveView:
     def _snapshot(self, request: Request) -> Response:
         root = self._snapshot_root()
         relative = request.path.removeprefix("/snapshots/")
-        target = (root / relative).resolve() if root else None
-        # Only JPEGs inside the snapshot folder: a crafted path must not read anything else on the device.
-        if target is None or not target.is_relative_to(root) or target.suffix.lower() != ".jpg" or not target.is_file():
-            return Response.text(f"no such snapshot: {relative}", 404)
-        return Response(200, target.read_bytes(), "image/jpeg", (("Cache-Control", "max-age=3600"),))
+        if root is not None:
+            target = (root / relative).resolve()
+            # Only JPEGs inside the snapshot folder: a crafted path must not read anything else on the device.
+            if target.is_relative_to(root) and target.suffix.lower() == ".jpg" and target.is_file():
+                return Response(200, target.read_bytes(), "image/jpeg", (("Cache-Control", "max-age=3600"),))
+        return Response.text(f"no such snapshot: {relative}", 404)
 
 
 def _flag(request: Request, name: str) -> bool:

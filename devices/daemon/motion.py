@@ -124,9 +124,8 @@ class MotionGate:
 
     def _difference(self, grey: np.ndarray, background: np.ndarray) -> tuple[float, bool]:
         """Share of pixels that changed after matching brightness and contrast, and whether it was lighting."""
-        mean_g, std_g = cv2.meanStdDev(grey)
-        mean_b, std_b = cv2.meanStdDev(background)
-        mean_g, std_g, mean_b, std_b = float(mean_g[0, 0]), float(std_g[0, 0]), float(mean_b[0, 0]), float(std_b[0, 0])
+        mean_g, std_g = _mean_std(grey)
+        mean_b, std_b = _mean_std(background)
         gain = std_b / std_g if std_g > 1e-3 else 1.0
         matched = (grey - mean_g) * gain + mean_b
         changed = float(np.count_nonzero(cv2.absdiff(matched, background) > self.cfg.pixel_delta)) / grey.size
@@ -134,3 +133,9 @@ class MotionGate:
             1 / _LIGHTING_CONTRAST < gain < _LIGHTING_CONTRAST
         )
         return changed, global_change or changed > self.cfg.lighting_jump
+
+
+def _mean_std(image: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a one-channel image."""
+    mean, std = cv2.meanStdDev(image)
+    return float(mean[0, 0]), float(std[0, 0])

@@ -152,7 +152,7 @@ class Daemon:
         #: Set once the loop and the HTTP server run (``http.url`` then holds the bound port).
         self.ready = threading.Event()
         self._event_listeners: list[EventListener] = []
-        self.reloads = {"ok": 0, "refused": 0, "last": None}
+        self.reloads: dict[str, Any] = {"ok": 0, "refused": 0, "last": None}
         self._token = _read_token(cfg.http.token_file) if cfg.http and cfg.http.token_file else None
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -169,10 +169,10 @@ class Daemon:
         Raises:
             EdgesightError: Refused to start (the CLI prints it and exits 2).
         """
-        detector = self._start_detector()
+        detector, bundle = self._start_detector()
         try:
-            self.publisher = build_publisher(self.cfg)
-            self.source = (self.source or Source(self.cfg.source)).open()
+            publisher = self.publisher = build_publisher(self.cfg)
+            source = self.source = (self.source or Source(self.cfg.source)).open()
         except BaseException:
             detector.close()
             if self.publisher is not None:
@@ -180,20 +180,20 @@ class Daemon:
             raise
         try:
             self.gate = MotionGate(self.cfg.motion) if self.cfg.motion.enabled else None
-            self.pipeline = EventPipeline(self.cfg, self.bundle.labels, self.bundle.name, self.bundle.sha256)
-            self.loop = self._make_loop(detector)
+            self.pipeline = EventPipeline(self.cfg, bundle.labels, bundle.name, bundle.sha256)
+            loop = self.loop = self._make_loop(detector, source)
             self.http = self._make_http()
             for extension in self.extensions:
                 extension.attach(self)
             if self.http is not None:
                 self.http.start()
             self._install_signals()
-            self.publisher.start()
-            self.loop.start()
+            publisher.start()
+            loop.start()
             self.ready.set()
-            self.notifier.ready(f"running {self.bundle.name} on {self.source.uri.display}")
-            log.info("running %s on %s (camera %s)", self.bundle.name, self.source.uri.display, self.cfg.camera)
-            self._supervise()
+            self.notifier.ready(f"running {bundle.name} on {source.uri.display}")
+            log.info("running %s on %s (camera %s)", bundle.name, source.uri.display, self.cfg.camera)
+            self._supervise(loop, source)
         finally:
             code = self._shutdown()
         return code
@@ -209,18 +209,18 @@ class Daemon:
         """Call ``listener(events, frame)`` with every batch of events once they are durable."""
         self._event_listeners.append(listener)
 
-    def _start_detector(self) -> Detector:
+    def _start_detector(self) -> tuple[Detector, BundleInfo]:
         detector = self.open_detector(self.cfg.bundle)
-        self.bundle = BundleInfo.of(detector)
+        bundle = self.bundle = BundleInfo.of(detector)
         self._bundle_signature = bundle_signature(self.cfg.bundle)
-        log.info("bundle %s (%s %s, sha256 %s) verified", self.bundle.name, self.bundle.format,
-                 self.bundle.precision, self.bundle.sha256[:12])
-        return detector
+        log.info("bundle %s (%s %s, sha256 %s) verified", bundle.name, bundle.format, bundle.precision,
+                 bundle.sha256[:12])
+        return detector, bundle
 
-    def _make_loop(self, detector: Detector) -> Loop:
+    def _make_loop(self, detector: Detector, source: Source) -> Loop:
         self.metrics = self._make_metrics()
         return Loop(
-            self.source, detector, gate=self.gate, pipeline=self.pipeline, publisher=self.publisher,
+            source, detector, gate=self.gate, pipeline=self.pipeline, publisher=self.publisher,
             observers=self.observers,
             on_inference=self.metrics.observe_inference if self.metrics else None,
             on_events=self._on_events, on_detector_change=self._on_detector_change,
@@ -237,7 +237,9 @@ class Daemon:
     def _on_detector_change(self, detector: Detector) -> None:
         # Events name the bundle whose detections made them: frames queued before a reload keep the old one.
         info = BundleInfo.of(detector)
-        self.pipeline.bundle_name, self.pipeline.bundle_sha256 = info.name, info.sha256
+        pipeline = self.pipeline
+        assert pipeline is not None  # built before the loop that calls this
+        pipeline.bundle_name, pipeline.bundle_sha256 = info.name, info.sha256
 
     def _on_events(self, events: list[Any], frame: Frame) -> None:
         if self.metrics is not None:
@@ -251,16 +253,15 @@ class Daemon:
 
     # --- supervision ---------------------------------------------------------------------------------------
 
-    def _supervise(self) -> None:
+    def _supervise(self, loop: Loop, source: Source) -> None:
         next_poll = time.monotonic() + BUNDLE_POLL
         next_status = time.monotonic()
         watchdog = _WatchdogPinger(self.notifier)
         while not self._stop.wait(TICK):
-            loop = self.loop
             if loop.done:
                 break
             if loop.detector_busy_for() > self.cfg.detect_timeout:
-                self._replace_stuck_detector()
+                self._replace_stuck_detector(loop)
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload("SIGHUP")
@@ -271,17 +272,17 @@ class Daemon:
             watchdog.tick(loop.counters.processed)
             if now >= next_status:
                 next_status = now + 10.0
-                self.notifier.status(self._status_line())
+                self.notifier.status(self._status_line(loop, source))
 
-    def _replace_stuck_detector(self) -> None:
+    def _replace_stuck_detector(self, loop: Loop) -> None:
         try:
             fresh = self.open_detector(self.cfg.bundle)
         except EdgesightError as exc:
             log.error("the detector is stuck and cannot be reopened: %s", exc)
-            self.loop.failure = f"the detector is stuck and cannot be reopened: {exc.problem}"
+            loop.failure = f"the detector is stuck and cannot be reopened: {exc.problem}"
             self.request_stop("detector failed")
             return
-        self.loop.abandon_detector(fresh)
+        loop.abandon_detector(fresh)
 
     def _check_bundle_on_disk(self) -> None:
         signature = bundle_signature(self.cfg.bundle)
@@ -305,18 +306,21 @@ class Daemon:
             ``{"ok": True, "bundle": ...}`` or ``{"ok": False, "error": ..., "fix": ...}``.
         """
         with self._reload_lock:
+            # Only a reload replaces the bundle, under this lock: what runs stays put until the swap below.
+            loop, running = self.loop, self.bundle
+            assert loop is not None and running is not None, "reload() is for a daemon whose loop runs"
             log.info("reloading the bundle %s (%s)", self.cfg.bundle, why)
             signature = bundle_signature(self.cfg.bundle)
             try:
                 fresh = self.open_detector(self.cfg.bundle)
-                info = self._verify(fresh)
+                info = self._verify(fresh, running)
             except EdgesightError as exc:
                 self.reloads["refused"] += 1
                 self.reloads["last"] = {"ok": False, "why": why, "error": exc.problem, "fix": exc.fix,
                                         "utc": _utc_now()}
-                log.error("reload refused, %s keeps running: %s", self.bundle.name, exc)
-                return {"ok": False, "error": exc.problem, "fix": exc.fix, "running": asdict(self.bundle)}
-            self.loop.replace_detector(fresh)
+                log.error("reload refused, %s keeps running: %s", running.name, exc)
+                return {"ok": False, "error": exc.problem, "fix": exc.fix, "running": asdict(running)}
+            loop.replace_detector(fresh)
             self.bundle = info
             self._bundle_signature = signature
             self._refused_signature = None
@@ -326,13 +330,13 @@ class Daemon:
             log.info("reloaded: now running %s (sha256 %s)", info.name, info.sha256[:12])
             return {"ok": True, "bundle": asdict(info)}
 
-    def _verify(self, fresh: Detector) -> BundleInfo:
+    def _verify(self, fresh: Detector, running: BundleInfo) -> BundleInfo:
         """One test inference on the newest real frame (never given to the pipeline); closes ``fresh`` on failure."""
         try:
             info = BundleInfo.of(fresh)
-            if info.labels != self.bundle.labels:
+            if info.labels != running.labels:
                 raise ModelFileError(
-                    f"the new bundle's labels {list(info.labels)} differ from the running {list(self.bundle.labels)}",
+                    f"the new bundle's labels {list(info.labels)} differ from the running {list(running.labels)}",
                     "restart the daemon to switch to a bundle with other classes (the config's classes refer to them)",
                 )
             last = self.loop.last_frame if self.loop else None
@@ -355,7 +359,7 @@ class Daemon:
         if self.loop is not None:
             finished = self.loop.stop(timeout=(deadline - time.monotonic()) * (1 - FLUSH_SHARE))
         if self.publisher is not None:
-            self._close_publisher(deadline)
+            self._close_publisher(self.publisher, deadline)
         if self.source is not None:
             self.source.close()
         if self.http is not None:
@@ -371,14 +375,14 @@ class Daemon:
                      sum(counters.events.values()))
         return code
 
-    def _close_publisher(self, deadline: float) -> None:
+    def _close_publisher(self, publisher: Publisher, deadline: float) -> None:
         """Let the sinks deliver until the deadline; one that hangs (a webhook mid-POST) is not waited for.
 
         Nothing is lost by leaving it: an event leaves the spool only once acknowledged, so what is not
         acknowledged by now goes out at the next start.
         """
         budget = max(0.1, deadline - time.monotonic())
-        closer = threading.Thread(target=self.publisher.close, kwargs={"timeout": budget}, name="publisher-close",
+        closer = threading.Thread(target=publisher.close, kwargs={"timeout": budget}, name="publisher-close",
                                   daemon=True)
         closer.start()
         closer.join(max(0.0, deadline - time.monotonic()) + 0.1)
@@ -471,8 +475,9 @@ class Daemon:
         return True, f"frames flow ({stats.fps:.1f} fps) and the detector answers"
 
     def status(self) -> dict[str, Any]:
-        """Everything /api/status shows (and /metrics reads)."""
-        loop, source = self.loop, self.source
+        """Everything /api/status shows (and /metrics reads); asked only once ``run`` has built the loop."""
+        loop, source, bundle = self.loop, self.source, self.bundle
+        assert loop is not None and source is not None and bundle is not None, "status() before the loop is built"
         counters = loop.counters
         ok, reason = self.health()
         last = counters.last_detect_mono
@@ -482,7 +487,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 3),
             "memory_rss_bytes": _rss_bytes(),
             "health": {"ok": ok, "reason": reason},
-            "bundle": asdict(self.bundle),
+            "bundle": asdict(bundle),
             "source": asdict(source.stats()),
             "loop": {
                 "frames_in": counters.frames_in, "detected": counters.detected,
@@ -506,10 +511,10 @@ class Daemon:
             "publisher": self.publisher.stats() if self.publisher is not None else None,
         }
 
-    def _status_line(self) -> str:
-        counters = self.loop.counters
-        return (f"{counters.processed} frames, {self.loop.detect_rate.rate():.1f} detections/s, "
-                f"source {self.source.stats().state}")
+    def _status_line(self, loop: Loop, source: Source) -> str:
+        counters = loop.counters
+        return (f"{counters.processed} frames, {loop.detect_rate.rate():.1f} detections/s, "
+                f"source {source.stats().state}")
 
 
 class _WatchdogPinger:

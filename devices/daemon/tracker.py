@@ -96,7 +96,8 @@ class Track:
         return float(statistics.median(self.scores)) if self.scores else 0.0
 
     def view(self) -> TrackView:
-        box = tuple(round(v, 1) for v in self.box)
+        x1, y1, x2, y2 = self.box
+        box = (round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))
         return TrackView(self.uid, self.label, box, round(self.score, 4), self.confirmed, self.zones, self.missed)
 
 
@@ -361,7 +362,8 @@ class Tracker:
 
     def _expire(self, mono: float) -> list[Track]:
         """Remove and return the tracks unseen for ``max_missing`` seconds that the detector has missed since."""
-        expired, live = [], []
+        expired: list[Track] = []
+        live: list[Track] = []
         for track in self._tracks:
             gone = track.missed and mono - track.last_mono >= self.cfg.max_missing
             (expired if gone else live).append(track)

@@ -43,10 +43,14 @@ class SourceUnavailable(SourceError):
 class Reader(Protocol):
     """What a ``Source`` drives from its capture thread."""
 
-    #: Nominal frame rate (files: the container's; pacing in realtime mode), None when unknown.
-    fps: float | None
-    #: Frames a file declares (to tell a truncated file from a complete one), None for cameras.
-    expected_frames: int | None
+    # Read-only to the Source, so a reader that always knows them may declare them narrower (float, int).
+    @property
+    def fps(self) -> float | None:
+        """Nominal frame rate (files: the container's; pacing in realtime mode), None when unknown."""
+
+    @property
+    def expected_frames(self) -> int | None:
+        """Frames a file declares (to tell a truncated file from a complete one), None for cameras."""
 
     def check(self) -> None:
         """Raise ``SourceError`` for problems no retry can fix (a missing package, a missing file)."""

@@ -27,7 +27,7 @@ from devices.errors import SourceError
 Kind = Literal["file", "images", "v4l2", "rtsp", "http", "csi", "gstreamer"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_STREAM_SCHEMES = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
+_STREAM_SCHEMES: dict[str, Kind] = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
 _URI_FIX = (
     "use a video file, an image folder, v4l2:///dev/video0 (or a camera index such as 0), rtsp://..., "
     "http(s)://..., csi://0, or a GStreamer pipeline ending in 'appsink'"

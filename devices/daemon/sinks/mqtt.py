@@ -40,6 +40,7 @@ from typing import Any
 
 from devices.daemon.config import MqttConfig
 from devices.daemon.sinks import Sink, StateTopic
+from devices.daemon.spool import Spool
 from devices.errors import ConfigError, require
 from devices.host import package_version
 
@@ -162,7 +163,7 @@ class MqttSink(Sink):
         snapshots: dict[str, str] = {}  # label -> snapshot path of its latest event sent
         cursor = 0
         while True:
-            self._take_acks(inflight)
+            self._take_acks(self.spool, inflight)
             if self.connected and self._state_dirty:
                 self._publish_state()
             batch = []
@@ -187,7 +188,7 @@ class MqttSink(Sink):
                 self._wait(1.0)
         self._disconnect()
 
-    def _take_acks(self, inflight: dict[int, int]) -> None:
+    def _take_acks(self, spool: Spool, inflight: dict[int, int]) -> None:
         """Acknowledge in the spool the events whose PUBACK (PUBCOMP for QoS 2) arrived."""
         acked = []
         while True:
@@ -205,7 +206,7 @@ class MqttSink(Sink):
             else:
                 self.sent += 1
             acked.append(seq)
-        self.spool.ack(self.name, acked)
+        spool.ack(self.name, acked)
 
     def _publish_state(self) -> None:
         self._state_dirty = False
