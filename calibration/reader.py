@@ -60,7 +60,8 @@ def ort_calibration_reader(
         A reader whose ``get_next()`` returns ``{input_name: tensor}`` per image, then None; ``rewind()``
         starts again (ORT's Percentile/Entropy calibrators read the data once, others may read it twice).
     """
-    quantization = require("onnxruntime.quantization", "export", "INT8 calibration for ONNX Runtime")
+    # Imported when called (an optional extra), so its classes are untyped here.
+    quantization: Any = require("onnxruntime.quantization", "export", "INT8 calibration for ONNX Runtime")
 
     class _Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from devices.errors import ConfigError
 from devices.types import DecodeSpec, InputSpec, ModelSpec
 from models.hub import RemoteFile
+
+if TYPE_CHECKING:  # for the annotation only: importing this module stays cheap (the registry, the CLI)
+    import torch
 
 #: The task's classes, in output order, and the COCO-80 row each is initialised from.
 TARGET_CLASSES: tuple[str, ...] = ("pedestrian", "stop_sign")
@@ -65,6 +69,15 @@ class PretrainedWeights:
     source_note: str = ""
     license_url: str = ""
     license_notice: str = ""
+
+
+def model_spec(model: torch.nn.Module) -> ModelSpec:
+    """The ``spec`` of a network from ``models/``, typed.
+
+    Every architecture here sets ``spec`` in its constructor, but ``nn.Module`` types any attribute it does not
+    declare as a tensor or a submodule; a function that takes any of them reads the spec through here.
+    """
+    return cast(ModelSpec, model.spec)
 
 
 def at_input_size(spec: ModelSpec, size: int) -> ModelSpec:

@@ -15,6 +15,7 @@ import torch
 from devices.bundle import file_sha256
 from devices.errors import ModelFileError
 from devices.types import DecodeSpec, InputSpec, ModelSpec
+from models.base import model_spec
 from models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ def spec_from_dict(data: dict[str, Any]) -> ModelSpec:
 def save_checkpoint(path: Path, model: torch.nn.Module, arch: str, **extra: Any) -> Path:
     """Write ``model`` with its architecture name and spec; ``extra`` holds metrics, config, epoch."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    spec = model_spec(model)
     payload = {
         "format": FORMAT,
         "arch": arch,
-        "num_classes": model.spec.decode.num_classes,
-        "spec": spec_to_dict(model.spec),
+        "num_classes": spec.decode.num_classes,
+        "spec": spec_to_dict(spec),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }

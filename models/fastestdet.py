@@ -123,6 +123,11 @@ class ShuffleBlock(nn.Module):
 class ShuffleNetV2Backbone(nn.Module):
     """ShuffleNetV2-0.5x stem and stages 2-4; returns the stride 8, 16 and 32 feature maps."""
 
+    # Set by name in ``__init__`` (the upstream key names); declared so that the type checker knows them.
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    stage4: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.first_conv = nn.Sequential(*_conv_bn(3, _STAGE_CHANNELS[0], 3, 2))

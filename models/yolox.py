@@ -478,11 +478,15 @@ def import_onnx_weights(model: YOLOX, onnx_path: str | os.PathLike, class_rows: 
                 bn = parents[conv].bn
                 bn.weight.fill_(1.0)
                 bn.bias.copy_(bias)
+                # BaseConv's batch norm tracks running statistics: torch types them Optional for one that does not.
+                assert bn.running_mean is not None and bn.running_var is not None
+                assert bn.num_batches_tracked is not None
                 bn.running_mean.zero_()
                 # var + eps == 1 exactly in float32, so eval-mode BN is the identity.
                 bn.running_var.fill_(1.0 - bn.eps)
                 bn.num_batches_tracked.zero_()
             else:
+                assert conv.bias is not None  # a prediction conv: no batch norm follows, so it has its bias
                 conv.bias.copy_(bias)
     log.info("imported %d convolutions from %s", len(convs), onnx_path)
     return model

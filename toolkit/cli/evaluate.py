@@ -64,7 +64,7 @@ def predict(ctx: click.Context, model_ref: str, inputs: tuple[Path, ...], out_di
 
     skipped = []
     for p in predict_images(model_ref, inputs, out_dir, score, mirror=ctx.obj["mirror"]):
-        if p.error is None:
+        if p.detections is not None:  # written, else skipped with the error
             click.echo(f"{p.written}: {len(p.detections)} detections")
         else:
             click.echo(f"{p.source}: skipped, {p.error}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -28,7 +29,8 @@ from toolkit.cli.base import cli, need_workstation
               help="INT8: when the full-integer file fails the gate, quantize again keeping float the activations "
                    "whose 8-bit rounding noise exceeds this share of their channels' variance ('inf': never).")
 @click.pass_context
-def export_cmd(ctx: click.Context, checkpoint: Path, fmt: str | None, precision: str | None, export_every: bool,
+def export_cmd(ctx: click.Context, checkpoint: Path, fmt: Literal["tflite", "onnx"] | None,
+               precision: Literal["fp32", "int8"] | None, export_every: bool,
                out: Path, max_drop: float, calibration_images: int, allow_few_calibration: bool,
                val_images: int | None, max_noise_to_signal: float) -> None:
     """Export CHECKPOINT to a verified TFLite/ONNX bundle (model, labels, licence, report, manifest)."""

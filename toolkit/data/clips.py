@@ -124,7 +124,7 @@ def compose_stop_sign_clip(
     chosen = stop_sign_photos(val, photos)
     per_photo = max(2, round(seconds * fps))
     width, height = size
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise DataError(f"OpenCV cannot write an MP4 to {out}", "check the folder is writable and OpenCV has FFmpeg")
     records = []

@@ -144,10 +144,11 @@ def read_coco(
                 "restore the image, or pass the right images_dir",
             )
         width, height = image_size(image_path)
-        declared = (image.get("width"), image.get("height"))
-        if None not in declared and tuple(int(v) for v in declared) != (width, height):
+        declared_width, declared_height = image.get("width"), image.get("height")
+        if (declared_width is not None and declared_height is not None
+                and (int(declared_width), int(declared_height)) != (width, height)):
             raise DataError(
-                f"{json_path}: image {image['file_name']} is recorded as {declared[0]}x{declared[1]} "
+                f"{json_path}: image {image['file_name']} is recorded as {declared_width}x{declared_height} "
                 f"but is {width}x{height} as loaded (after EXIF orientation)",
                 "use the images the json was made for, or fix its width/height",
             )
@@ -179,7 +180,8 @@ def to_coco(samples: Sequence[Sample], path: str | os.PathLike, class_names: Seq
     """
     path = Path(path)
     root = path.parent.resolve()
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, sample in enumerate(samples, start=1):
         images.append(
             {

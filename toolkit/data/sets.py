@@ -231,7 +231,7 @@ def dataset_root(name: str, mirror: str | os.PathLike | None = None) -> Path:
 
 def _read_part(record: DatasetRecord, root: Path, part: Part) -> list[Sample]:
     images, labels = root / part.images, root / part.labels
-    common = {
+    common: dict[str, Any] = {
         "source": record.name,
         "labels_people": record.labels_people,
         "subset": part.subset,

@@ -60,7 +60,10 @@ def video_frames(name: str, count: int, mirror: str | None = None) -> list[Sampl
                 log.warning("%s: frame %d unreadable, skipped", path.name, index)
                 continue
             cv2.imwrite(str(frame_path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        h, w = cv2.imread(str(frame_path)).shape[:2]
+        image = cv2.imread(str(frame_path))
+        if image is None:  # a write that failed (a full disk) or a frame file damaged since
+            raise DataError(f"cannot read the extracted frame {frame_path}", "delete it: the next run extracts it")
+        h, w = image.shape[:2]
         samples.append(Sample(frame_path, w, h, np.zeros((0, 4)), np.zeros((0,)), f"video:{name}",
                               f"video:{name}:{index}", labels_people=False, subset="train"))
     cap.release()

@@ -313,14 +313,14 @@ def rollback(args: argparse.Namespace) -> dict:
     path, record = current_release(root)
     if path is None or record is None:
         raise AgentError(f"nothing is deployed under {root}")
-    older = [p for p, r in releases(root) if r["deployed_unix"] < record["deployed_unix"]]
+    older = [(p, r) for p, r in releases(root) if r["deployed_unix"] < record["deployed_unix"]]
     if not older:
         raise AgentError(f"{path.name} is the oldest release on the board; there is nothing to roll back to")
-    target = older[-1]
+    target, target_record = older[-1]
     switch(root, target)
     install_unit(args.service, target)
     say(f"current -> {target.name} (was {path.name}); restarting {args.service}")
-    spec = {"service": args.service, "health_url": read_release(target)["health_url"],
+    spec = {"service": args.service, "health_url": target_record["health_url"],
             "health_timeout": args.health_timeout, "start_timeout": args.health_timeout}
     ok, detail = restart_and_check(spec)
     return {"result": "rolled_back" if ok else "failed", "release": target.name, "from": path.name,

@@ -35,14 +35,14 @@ class InventoryHost(_Model):
     """One board of the inventory."""
 
     host: str = Field(min_length=1, description="user@host or an alias of your SSH config.")
-    target: str | None = Field(None, description=f"Profile of this board: one of {sorted(PROFILES)}.")
+    target: str | None = Field(default=None, description=f"Profile of this board: one of {sorted(PROFILES)}.")
     overrides: dict[str, Any] = Field(default_factory=dict,
                                       description="Parts of the camera config for this board (camera, source, zones).")
 
 
 class InventoryDefaults(_Model):
     target: str | None = None
-    config: Path | None = Field(None, description="Camera config for every board (relative to the inventory).")
+    config: Path | None = Field(default=None, description="Camera config for every board (relative to the inventory).")
 
 
 class Inventory(_Model):
@@ -69,9 +69,9 @@ def load_inventory(path: Path) -> Inventory:
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"inventory {path}: {where}: {first['msg']} (got {first.get('input')!r})",
                           "see the inventory example in docs/deploy.md") from exc
-    for entry in (inventory.defaults, *inventory.hosts):
-        if entry.target is not None and entry.target not in PROFILES:
-            raise ConfigError(f"inventory {path}: unknown target {entry.target!r}", f"use one of {sorted(PROFILES)}")
+    for target in (inventory.defaults.target, *(host.target for host in inventory.hosts)):
+        if target is not None and target not in PROFILES:
+            raise ConfigError(f"inventory {path}: unknown target {target!r}", f"use one of {sorted(PROFILES)}")
     if inventory.defaults.config is not None and not inventory.defaults.config.is_absolute():
         inventory = inventory.model_copy(update={"defaults": inventory.defaults.model_copy(
             update={"config": Path(path).parent / inventory.defaults.config})})

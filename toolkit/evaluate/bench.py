@@ -62,7 +62,7 @@ class _Entry:
     format: str
     precision: str
     size_bytes: int | None
-    open: Callable[[int | None, float], Any]
+    open: Callable[[int | None, float | None], Any]
     accuracy: EvalResult | None = None
     runtime: str = ""
 

@@ -168,9 +168,9 @@ def load_image(path: Path, width: int | None = None, height: int | None = None) 
         return img
     if img.shape[:2] == (width, height):
         log.warning("%s: EXIF orientation swaps its sides against the json; reading it unrotated", path)
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if img is not None and img.shape[:2] == (height, width):
-            return img
+        unrotated = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if unrotated is not None and unrotated.shape[:2] == (height, width):
+            return unrotated
     raise DataError(
         f"image {path} is {img.shape[1]}x{img.shape[0]} but the json records {width}x{height}",
         "use the images the annotation file was made for, or fix its width/height",

@@ -126,13 +126,13 @@ class HogPeopleDetector:
             factor = max(factor, self.upscale_to / max(width, height))
         return factor
 
-    def __call__(self, image_bgr: np.ndarray) -> Detections:
+    def __call__(self, frame: np.ndarray) -> Detections:
         """Detect pedestrians in a BGR uint8 image; boxes are in its pixels, class id 0."""
-        h, w = check_frame(image_bgr).shape[:2]
+        h, w = check_frame(frame).shape[:2]
         factor = self._enlargement(w, h)
-        img = image_bgr
+        img = frame
         if factor > 1.0:
-            img = cv2.resize(image_bgr, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_LINEAR)
+            img = cv2.resize(frame, (round(w * factor), round(h * factor)), interpolation=cv2.INTER_LINEAR)
         # Replicated pixels have no gradient across the edge, so the border adds no false edges.
         pad = round(self.border * img.shape[0])
         if pad:

@@ -9,6 +9,7 @@ import torch
 
 from devices.processing import postprocess, preprocess
 from devices.types import Detections
+from models.base import model_spec
 
 
 class TorchDetector:
@@ -21,7 +22,7 @@ class TorchDetector:
 
     def __init__(self, model: torch.nn.Module, score_threshold: float | None = None) -> None:
         self.model = model.eval()
-        self.spec = model.spec
+        self.spec = model_spec(model)
         self.decode = self.spec.decode
         if score_threshold is not None:
             self.decode = dataclasses.replace(self.decode, score_threshold=score_threshold)

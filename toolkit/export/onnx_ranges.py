@@ -152,5 +152,5 @@ def _percentile_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, fl
     cdf = np.cumsum(hist) / max(hist.sum(), 1)
     cut = (100.0 - PERCENTILE) / 200.0
     a = edges[np.searchsorted(cdf, cut)]
-    b = edges[min(np.searchsorted(cdf, 1.0 - cut) + 1, hist.size)]
+    b = edges[min(int(np.searchsorted(cdf, 1.0 - cut)) + 1, hist.size)]
     return min(float(a), 0.0), max(float(b), 0.0)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 from calibration.noise import MAX_NOISE_TO_SIGNAL
 from calibration.select import MIN_CALIBRATION_IMAGES, CalibrationSet
@@ -202,6 +202,7 @@ def _run_context(
 ) -> Iterator[Run]:
     """Load the checkpoint and the data, and hold a staging folder on the destination's filesystem."""
     require("torch", "train", "exporting a checkpoint")
+    from models.base import model_spec
     from models.checkpoint import load_checkpoint, read_checkpoint
     from toolkit.data.sets import default_splits
 
@@ -225,14 +226,15 @@ def _run_context(
         if val_limit is not None and val_limit < len(val):
             val = evenly_spaced(val, val_limit)
             description += f", {len(val)} evenly spaced images (val_limit)"
-        val_json = to_coco(val, work / "val.json", model.spec.labels)
+        val_json = to_coco(val, work / "val.json", model_spec(model).labels)
         frames = [load_image(s.image_path) for s in evenly_spaced(val, max(PARITY_IMAGES, LATENCY_IMAGES))]
         timings["load"] = round(time.perf_counter() - start, 2)
         yield Run(
             checkpoint=checkpoint,
             model=model,
             arch=arch,
-            checkpoint_sha256=model.source_sha256,
+            # load_checkpoint sets it to the file's hash; nn.Module types an attribute as Tensor | Module.
+            checkpoint_sha256=cast(str, model.source_sha256),
             train=train,
             val_json=val_json,
             val_description=description,
@@ -249,7 +251,7 @@ def _run_context(
 
 def _finish(run: Run, staged: Staged, dest: Path, fp32: Staged | None = None) -> None:
     """Write REPORT.md and the final manifest, then move the staged bundle to ``dest``."""
-    latency = dict(staged.latency)
+    latency: dict[str, Any] = dict(staged.latency)
     notes = list(staged.manifest.notes)
     if fp32 is not None and fp32.latency:
         latency["fp32_model_ms"] = fp32.latency["model_ms"]

@@ -341,14 +341,14 @@ def measure_latency(run: Run, staged: Sequence[Staged], runs: int) -> None:
         finally:
             for detector in detectors:
                 detector.close()
-    for s, m, f in zip(staged, model_ms, frame_ms, strict=True):
+    for s, model_runs, frame_runs in zip(staged, model_ms, frame_ms, strict=True):
         s.latency = {
             "threads": 1,
             "runs": runs,
-            "model_ms": statistics.median(m),
-            "model_ms_p90": percentile(m, 90),
-            "frame_ms": statistics.median(f),
-            "frame_ms_p90": percentile(f, 90),
+            "model_ms": statistics.median(model_runs),
+            "model_ms_p90": percentile(model_runs, 90),
+            "frame_ms": statistics.median(frame_runs),
+            "frame_ms_p90": percentile(frame_runs, 90),
         }
 
 

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class TfliteInt8Result:
     """
 
     path: Path
-    input_dtype: str
+    input_dtype: Literal["int8"]
     input_scale: float
     input_zero_point: int
     input_shape: tuple[int, ...]
@@ -265,8 +265,9 @@ def _noise_to_signal(float_model: Path, samples: list[np.ndarray]) -> dict[str, 
     }
 
 
-def _ops_touching(float_model: Path, tensors: list[str]) -> list[tuple[str, str]]:
-    """(scope, op name) of the ops that produce or read any of ``tensors``."""
+def _ops_touching(float_model: Path, tensors: list[str]) -> list[tuple[str, str | None]]:
+    """(scope, op name) of the ops that produce or read any of ``tensors``; the name is None for an op code
+    ai-edge-quantizer does not name."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fbu
 
     if not tensors:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from models import create_model
-from models.base import TARGET_CLASSES, at_input_size
+from models.base import TARGET_CLASSES, at_input_size, model_spec
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.registry import model_entry
 from toolkit.data.coco import to_coco
@@ -249,7 +250,8 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(x)
+        # torch's stubs type an undeclared Module attribute as Tensor | Module; every models/ network has logits.
+        return self.model.logits(x)  # type: ignore[operator]
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -288,7 +290,7 @@ class Loop:
 def build_loop(config: TrainConfig, models: Models, plan: Plan, data: TrainData, world: int, rank: int,
                device: torch.device) -> Loop:
     """Batches (the user's photos and as many bundled ones per epoch), AdamW with warm-up and cosine decay, EMA."""
-    spec = models.student.spec
+    spec = model_spec(models.student)
     sources = sorted({s.source for s in data.train + data.val})
     photos = one_per_group(data.train, config.seed) if config.one_copy_per_photo else list(data.train)
     dataset = DetectionDataset(photos, spec.input, augment=True, sources=sources)
@@ -322,7 +324,8 @@ def build_loop(config: TrainConfig, models: Models, plan: Plan, data: TrainData,
     ema = Ema(models.student, config.ema_decay, plan.trainable) if config.ema_decay else None
     with torch.no_grad():
         probe = torch.zeros(1, 3, spec.input.height, spec.input.width, device=device)
-        rows = read_dense(models.student.logits(probe), spec.decode, spec.input.width, spec.input.height).cls.shape[-1]
+        logits = models.student.logits(probe)  # type: ignore[operator]  # torch's stubs, as in _Logits.forward
+        rows = read_dense(logits, spec.decode, spec.input.width, spec.input.height).cls.shape[-1]
     supervised_rows = [torch.tensor([TARGET_CLASSES.index(c) for c in sorted(plan.supervised.get(s, ()))],
                                     dtype=torch.long, device=device) for s in sources]
     user_photos = sum(s.source in data.user_sources for s in photos)
@@ -350,7 +353,7 @@ def train_epoch(config: TrainConfig, models: Models, loop: Loop, device: torch.d
     """One pass over the epoch's photos; returns whether ``deadline`` stopped it."""
     from tqdm import tqdm
 
-    spec = models.student.spec
+    spec, teacher_spec = model_spec(models.student), model_spec(models.teacher)
     loop.wrapped.train()
     _freeze_norm(models.student)
     params = [p for p in models.student.parameters() if p.requires_grad]
@@ -358,8 +361,8 @@ def train_epoch(config: TrainConfig, models: Models, loop: Loop, device: torch.d
     for images, targets, sources in bar:
         images = images.to(device)
         with torch.no_grad():
-            taught = read_dense(models.teacher.logits(images), models.teacher.spec.decode, spec.input.width,
-                                spec.input.height)
+            teacher_logits = models.teacher.logits(images)  # type: ignore[operator]  # as in _Logits.forward
+            taught = read_dense(teacher_logits, teacher_spec.decode, spec.input.width, spec.input.height)
         dense = read_dense(loop.wrapped(images), spec.decode, spec.input.width, spec.input.height)
         kept, unlabelled = _targets(targets, sources, loop.supervised_rows, device)
         losses = detection_loss(dense, kept, spec.decode.num_classes, taught, loop.teacher_rows,
@@ -386,10 +389,13 @@ def train_epoch(config: TrainConfig, models: Models, loop: Loop, device: torch.d
 def validate(model: torch.nn.Module, samples: Sequence[Sample], work_dir: Path, size: int | None = None) -> Matches:
     """The model's COCO matching on ``samples`` (per source and class), through the device's post-processing, at
     ``size`` (default: the model's own input size)."""
-    if size is not None and size != model.spec.input.width:
+    spec = model_spec(model)
+    if size is not None and size != spec.input.width:
         model = copy.copy(model)  # shares the weights; only the spec differs
-        model.spec = at_input_size(model.spec, size)
-    return match(TorchDetector(model, score_threshold=EVAL_SCORE_THRESHOLD), samples, work_dir, model.spec.labels)
+        spec = at_input_size(spec, size)
+        # torch's stubs type Module.__setattr__'s value as Tensor | Module; any value is set as a plain attribute.
+        model.spec = spec  # type: ignore[assignment]
+    return match(TorchDetector(model, score_threshold=EVAL_SCORE_THRESHOLD), samples, work_dir, spec.labels)
 
 
 def missed_photos(model: torch.nn.Module, samples: Sequence[Sample], score: float = 0.3) -> list[int]:
@@ -477,7 +483,7 @@ def choose_size(config: TrainConfig, models: Models, loop: Loop, progress: Progr
             measured[("fine-tuned", size)] = validate(best, deciding, out_dir, size)
     choice = choose_input_size(measured, models.native, data.user_sources, fixed=config.imgsz)
     final = copy.deepcopy(best if choice.weights == "fine-tuned" else zero)
-    final.spec = at_input_size(final.spec, choice.size)
+    final.spec = at_input_size(model_spec(final), choice.size)
     log.info("input size %d (%s weights)%s", choice.size, choice.weights, f"; {choice.note}" if choice.note else "")
     return choice, final, zero
 
@@ -549,7 +555,7 @@ def train(config: TrainConfig, out_dir: Path, mirror: str | None = None, resume:
     choice, final, zero = choose_size(config, models, loop, state, deciding, data, mirror, out_dir)
     per_source = gains(final, zero, data, out_dir)
     best_epoch = state.best_epoch if choice.weights == "fine-tuned" else 0
-    summary = {
+    summary: dict[str, Any] = {
         "config": config.model_dump(), "native_size": models.native, "input_size": choice.to_dict(),
         "best_epoch": best_epoch, "zero_shot": state.zero_shot,
         "your_photos": {s: r for s, r in per_source.items() if s in data.user_sources},

@@ -13,6 +13,7 @@ so that people the labels miss are not learnt as background.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +174,8 @@ def detection_loss(
         num_classes: Target classes (the first rows of ``student.cls``).
         teacher: The frozen COCO model's output on the same batch, for distillation.
         teacher_class_rows: Row indices into the teacher's classes matching every student class row
-            (for a softmax head this includes the kept "other" rows).
+            (for a softmax head this includes the kept "other" rows); needed with ``teacher`` by every
+            distillation term.
         distill_weight: Weight of the distillation terms.
         box_distill_weight: Weight of the box distillation: boxes of the classes a photo's labels do not teach
             are pulled toward the teacher's, so that box layers shared by all classes learn the labelled classes'
@@ -215,20 +217,25 @@ def detection_loss(
     neg_w = distill_weight if teacher is not None else 1.0
     obj_l = obj_l + neg_w * soft_kl(student.obj[~fg_mask], neg_target[~fg_mask]).sum()
     out = {"box": 5.0 * box_l / norm, "obj": obj_l / norm, "cls": cls_l / norm}
+    # Each distillation term reads the teacher's rows of the student classes (see teacher_class_rows).
     if teacher is not None and distill_weight > 0:
+        assert teacher_class_rows is not None
         out["distill"] = distill_weight * distill_classes(student, teacher, teacher_class_rows) / norm
     if teacher is not None and box_distill_weight > 0 and unlabelled is not None and unlabelled.any():
+        assert teacher_class_rows is not None
         t_probs = class_probs(teacher, teacher.cls.shape[-1])[..., teacher_class_rows[:num_classes]]
         # Where the teacher sees an object of a class the labels leave to it, and no label assigned the anchor.
         weight = teacher.obj.sigmoid() * (t_probs * unlabelled[:, None, :]).amax(-1) * ~fg_mask
         out["box_distill"] = box_distill_weight * distill_boxes(student, teacher, weight) / norm
     if teacher is not None and teacher_box_weight > 0:
+        assert teacher_class_rows is not None
         # A few dozen labelled boxes scatter as much as the COCO model's own (docs/training.md): training on them
         # lost AP at IoU 0.95 while the labels taught objects COCO does not know (the backs of stop signs).
         t_probs = class_probs(teacher, teacher.cls.shape[-1])[..., teacher_class_rows[:num_classes]]
         weight = teacher.obj.sigmoid() * t_probs.amax(-1)
         out["teacher_box"] = teacher_box_weight * distill_boxes(student, teacher, weight) / norm
-    out["total"] = sum(out.values())
+    # sum() starts from the int 0, so typeshed gives Tensor | int; out always holds box, obj and cls.
+    out["total"] = cast(torch.Tensor, sum(out.values()))
     return out
 
 

@@ -105,7 +105,8 @@ def choose_input_size(candidates: dict[tuple[str, int], Matches], native: int, u
         user_sources: Sources that are the user's photos (their cells count from one box).
         fixed: ``--imgsz``: only candidates at this size compete (the fine-tuned weights when they hold).
     """
-    floor_key = ("zero-shot", native) if ("zero-shot", native) in candidates else ("zero-shot", fixed)
+    floor_size = native if ("zero-shot", native) in candidates or fixed is None else fixed
+    floor_key = ("zero-shot", floor_size)
     floor = cells(candidates[floor_key], user_sources)
     table, best, best_mean = {}, floor_key, mean_ap(floor)
     held: dict[tuple[str, int], float] = {}
@@ -135,11 +136,15 @@ def choose_input_size(candidates: dict[tuple[str, int], Matches], native: int, u
 def beats_beyond_noise(model: Matches, reference: Matches, measured: Cells) -> tuple[bool, str]:
     """Whether ``model`` loses no measured cell against ``reference`` and its mean gain over the cells exceeds their
     mean bootstrap noise (paired, over each source's photos); with the gains as text, for the log."""
-    compared = [compare(model, reference, source, cls) for source, per in measured.items() for cls in per]
-    compared = [c for c in compared if c.gain is not None]
+    compared, gains = [], []
+    for source, per in measured.items():
+        for cls in per:
+            cell = compare(model, reference, source, cls)
+            if cell.gain is not None:
+                compared.append(cell)
+                gains.append(cell.gain)
     if not compared:
         return False, "nothing measurable"
-    gains = [c.gain for c in compared]
     noise = [c.noise or 0.0 for c in compared]
     text = ", ".join(f"{c.gain:+.3f} ± {c.noise or 0.0:.3f}" for c in compared)
     return min(gains) >= 0 and float(np.mean(gains)) > float(np.mean(noise)), text
