@@ -110,9 +110,9 @@ class MemoryReader(readers.MemoryReader):
 class LoopAlone(Daemon):
     """The daemon without its events stage (no tracker, events, snapshots or sinks): what the loop costs alone."""
 
-    def _make_loop(self, detector):
+    def _make_loop(self, detector, source):
         self.pipeline = None
-        return super()._make_loop(detector)
+        return super()._make_loop(detector, source)
 
 
 def decode(video: Path, limit: int | None) -> tuple[list[np.ndarray], float]:
