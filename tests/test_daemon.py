@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 INT8 = "yolox-nano-tflite-int8"
@@ -220,6 +222,25 @@ def test_http_api_and_reload_refuses_a_tampered_bundle_and_keeps_running(
     code, elapsed = process.stop()
     assert code == 0 and elapsed < 2.0, (code, elapsed)
     assert "Traceback" not in process.log
+
+
+def test_snapshots_are_served_over_http(daemon, test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+    # A consumer on another machine (Node-RED, a webhook) gets an event's snapshot from the daemon, nothing else.
+    process = daemon("--bundle", test_bundles / INT8, "--source", clip, "--loop", "--http", "127.0.0.1:0",
+                     "--camera", "gate")
+    process.wait_http()
+    folder = tmp_path / "snapshots" / "gate"  # the default `events.snapshots`, under the daemon's directory
+    process.until(lambda s: any(folder.glob("*.jpg")), 60, "a snapshot on disk")
+    snapshot = sorted(folder.glob("*.jpg"))[0]
+    with urllib.request.urlopen(f"{process.url}/snapshots/gate/{snapshot.name}", timeout=5) as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+        image = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (576, 768, 3)
+    (tmp_path / "secret.jpg").write_bytes(b"not for the network")
+    for path in ("/snapshots/gate/../../secret.jpg", "/snapshots/gate/nothing.jpg", "/snapshots/gate"):
+        code, body = process.get(path)
+        assert code == 404 and "no such snapshot" in body, (path, code, body)
+    process.stop()
 
 
 def test_sigterm_stops_within_2_s(daemon, test_bundles: Path, clip: Path) -> None:

@@ -8,8 +8,8 @@ it adds routes to the daemon's HTTP server:
     /stream.mjpg      the annotated frames as MJPEG (``?boxes=0``: without the overlay)
     /frame.jpg        the newest annotated frame (the paused view)
     /api/live         what the page shows beside the picture (counts, stage rates, source state, model)
-    /api/events       the last events (``?after=N``: newer than the page's N)
-    /snapshots/...    the events' snapshot JPEGs
+    /api/events       the last events (``?after=N``: newer than the page's N), with the URL of each snapshot
+                      (the daemon itself serves ``/snapshots/...``)
 
 Drawing and JPEG encoding happen in the HTTP threads, once per frame and variant however many pages watch,
 and not at all when nobody does: the observer only keeps a reference to the newest frame.
@@ -104,7 +104,6 @@ class LiveView:
         http.route("GET", "/frame.jpg", self._frame)
         http.route("GET", "/api/live", lambda _: Response.json(self.state()))
         http.route("GET", "/api/events", self._events_page)
-        http.route("GET", "/snapshots", self._snapshot, prefix=True)
 
     def close(self) -> None:
         """End the open streams (the daemon is stopping)."""
@@ -130,7 +129,7 @@ class LiveView:
                 self._event_count += 1
                 record = event.to_dict()
                 record["n"] = self._event_count
-                record["snapshot_url"] = self._snapshot_url(record.get("snapshot"))
+                record["snapshot_url"] = self._daemon.snapshot_url(record.get("snapshot")) if self._daemon else None
                 self._events.append(record)
 
     # --- pictures ----------------------------------------------------------------------------------------
@@ -270,29 +269,6 @@ class LiveView:
     def _static(self, request: Request) -> Response:
         name, content_type = _STATIC[request.path]
         return Response(200, resources.files(__package__).joinpath(_WEB, name).read_bytes(), content_type)
-
-    def _snapshot_url(self, path: str | None) -> str | None:
-        root = self._snapshot_root()
-        if path is None or root is None:
-            return None
-        try:
-            return "snapshots/" + Path(path).resolve().relative_to(root).as_posix()
-        except ValueError:
-            return None
-
-    def _snapshot_root(self) -> Path | None:
-        folder = self.cfg.events.snapshots
-        return None if folder is None else Path(folder).resolve()
-
-    def _snapshot(self, request: Request) -> Response:
-        root = self._snapshot_root()
-        relative = request.path.removeprefix("/snapshots/")
-        if root is not None:
-            target = (root / relative).resolve()
-            # Only JPEGs inside the snapshot folder: a crafted path must not read anything else on the device.
-            if target.is_relative_to(root) and target.suffix.lower() == ".jpg" and target.is_file():
-                return Response(200, target.read_bytes(), "image/jpeg", (("Cache-Control", "max-age=3600"),))
-        return Response.text(f"no such snapshot: {relative}", 404)
 
 
 def _flag(request: Request, name: str) -> bool:

@@ -428,7 +428,29 @@ class Daemon:
         http.route("GET", "/healthz", self._healthz_page)
         http.route("GET", "/api/status", lambda _: Response.json(self.status()))
         http.route("POST", "/api/reload", self._reload_page)
+        if self.cfg.events.snapshots is not None:
+            http.route("GET", "/snapshots", self._snapshot_page, prefix=True)
         return http
+
+    def snapshot_url(self, path: str | None) -> str | None:
+        """The HTTP path (``snapshots/<camera>/<id>.jpg``) of an event's snapshot file, or None."""
+        folder = self.cfg.events.snapshots
+        if path is None or folder is None:
+            return None
+        try:
+            return "snapshots/" + Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+        except ValueError:
+            return None
+
+    def _snapshot_page(self, request: Request) -> Response:
+        assert self.cfg.events.snapshots is not None  # the route exists only then
+        root = Path(self.cfg.events.snapshots).resolve()
+        relative = request.path.removeprefix("/snapshots/")
+        target = (root / relative).resolve()
+        # Only JPEGs inside the snapshot folder: a crafted path must not read anything else on the device.
+        if target.is_relative_to(root) and target.suffix.lower() == ".jpg" and target.is_file():
+            return Response(200, target.read_bytes(), "image/jpeg", (("Cache-Control", "max-age=3600"),))
+        return Response.text(f"no such snapshot: {relative}", 404)
 
     def _metrics_page(self, _: Request) -> Response:
         body, content_type = self.metrics.exposition()
