@@ -244,9 +244,14 @@ def test_standing_on_the_line_is_counted_once():
 
 
 def test_line_labels_filter():
+    # The walk down across y = 300 that the tracker follows (20 px a frame): counted once without the filter...
+    walk = [dets(person(100, y=y - 100)) for y in (250, 270, 290, 310, 330, 350)]
+    tracker = make_tracker(min_hits=1, line=LineConfig(a=(0, 300), b=(640, 300)))
+    assert crossings(tracker, walk) == [(3, "in")]
+    # ...and not at all by a line that counts stop signs only.
     line = LineConfig(a=(0, 300), b=(640, 300), labels=("stop_sign",))
     tracker = make_tracker(min_hits=1, line=line)
-    assert crossings(tracker, [dets(person(100, y=y - 100)) for y in (250, 350)]) == []
+    assert crossings(tracker, walk) == []
 
 
 def test_line_with_equal_end_points_is_refused():
