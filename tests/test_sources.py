@@ -258,7 +258,9 @@ def test_realtime_file_keeps_only_the_newest_frame(clip: Path) -> None:
     assert stats.dropped >= 10
     assert max(ages) < 0.2, ages  # the newest frame, not one from the backlog
     assert 8 <= stats.frames <= 40  # paced at about 10 fps, not read as fast as possible
-    assert indices == sorted(indices) and len(set(np.diff(indices))) > 0
+    steps = np.diff(indices)
+    assert steps.min() >= 1, indices  # every read is a newer frame
+    assert steps.max() > 1, indices  # and frames were really skipped between reads, not queued up
 
 
 def test_image_folder_skips_an_unreadable_image(mirror: Path, tmp_path: Path) -> None:
