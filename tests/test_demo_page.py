@@ -7,6 +7,7 @@ downloaded. The daemon runs from the torch-free device venv on real footage with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -28,8 +29,8 @@ from tests.conftest import REPO, free_port
 pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-#: Where the screenshot kept as a test artefact goes (runs/ is git-ignored).
-ARTEFACTS = REPO / "runs" / "test-artefacts"
+#: A folder to keep the page's screenshot in after the run (CI can upload it); unset, it stays in the test's tmp_path.
+ARTEFACTS_ENV = "EDGESIGHT_TEST_ARTEFACTS"
 #: The source's default stale_after: the daemon reopens a source silent this long.
 STALE_AFTER = SourceConfig.model_fields["stale_after"].default
 #: Seconds the page may take past the daemon's frozen_after to show a frozen source (2.4-2.6 s in all, measured).
@@ -158,7 +159,7 @@ def vtest_demo(device_bin, test_bundles, mirror, tmp_path_factory):
     assert demo.stop() == 0, demo.log.read_text()
 
 
-def test_page_shows_the_live_annotated_video_and_what_runs(vtest_demo, browser, test_bundles):
+def test_page_shows_the_live_annotated_video_and_what_runs(vtest_demo, browser, test_bundles, tmp_path):
     browser.get(vtest_demo.url)
     wait_for(lambda: browser.execute_script("return document.getElementById('video').naturalWidth") > 0, 20,
              "the first frame")
@@ -174,9 +175,10 @@ def test_page_shows_the_live_annotated_video_and_what_runs(vtest_demo, browser, 
     first = video_png(browser)
     time.sleep(1.0)
     second = video_png(browser)
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTEFACTS / "demo-page.png"
-    browser.save_screenshot(str(shot))
+    artefacts = Path(os.environ.get(ARTEFACTS_ENV) or tmp_path)
+    artefacts.mkdir(parents=True, exist_ok=True)
+    shot = artefacts / "demo-page.png"
+    assert browser.save_screenshot(str(shot)), shot
     print(f"\nscreenshot of the live page: {shot}")
     assert first.shape == second.shape and first.shape[0] > 200
     assert np.abs(first.astype(np.int16) - second.astype(np.int16)).mean() > 1.0
