@@ -35,6 +35,8 @@ ARTEFACTS_ENV = "EDGESIGHT_TEST_ARTEFACTS"
 STALE_AFTER = SourceConfig.model_fields["stale_after"].default
 #: Seconds the page may take past the daemon's frozen_after to show a frozen source (2.4-2.6 s in all, measured).
 FROZEN_MARGIN = 2.0
+#: What the wheel is built from (setup.cfg's packages, their package data and the metadata's files).
+WHEEL_SOURCES = ("toolkit", "devices", "models", "calibration", "setup.cfg", "pyproject.toml", "README.md")
 
 # A counting line across the path most people in vtest.avi walk along, and a zone over its left half.
 CONFIG = """\
@@ -286,8 +288,15 @@ def test_page_reconnects_when_the_daemon_restarts(device_bin, test_bundles, mirr
 
 def test_page_files_ship_in_the_wheel(tmp_path):
     # The page must work offline on the device: its files are package data, and none loads anything from outside.
+    # Built from a copy: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    tree = tmp_path / "tree"
+    for part in WHEEL_SOURCES:
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(REPO / part, tree / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(tree)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("edgesight-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         for name in ("index.html", "live.js", "live.css"):
