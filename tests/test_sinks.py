@@ -54,16 +54,18 @@ def mqtt_sink(broker, **kw) -> dict:
 
 
 class Subscriber:
-    """A real paho client, as a Home Assistant or Node-RED consumer is: persistent session, QoS 1."""
+    """A real paho client, as a Home Assistant or Node-RED consumer is: persistent session, QoS 1 (or ``qos``)."""
 
     def __init__(self, broker, client_id: str = "test-subscriber", topic: str = "edgesight/#",
-                 raw: bool = False) -> None:
+                 raw: bool = False, qos: int = 1) -> None:
         self.messages: list[tuple[str, str | bytes, bool]] = []
+        #: (topic, QoS) of every message as the broker delivered it: min(the publisher's, this subscription's).
+        self.qos: list[tuple[str, int]] = []
         self._raw = raw
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=qos)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 1)
@@ -75,6 +77,7 @@ class Subscriber:
         with self._lock:
             payload = message.payload if self._raw else message.payload.decode(errors="replace")  # JPEGs too
             self.messages.append((message.topic, payload, bool(message.retain)))
+            self.qos.append((message.topic, message.qos))
 
     def events(self) -> list[dict]:
         with self._lock:
@@ -309,12 +312,22 @@ def test_mqtt_broker_down_at_start_then_up(tmp_path, mosquitto, subscriber):
     publisher.close(timeout=2)
 
 
-def test_mqtt5_and_qos2(tmp_path, mosquitto, subscriber):
+def test_mqtt5_and_qos2(tmp_path, mosquitto):
+    # A subscriber at QoS 2 gets each message at the QoS it was published with (the broker sends the lower one).
+    subscriber = Subscriber(mosquitto, client_id="qos2-subscriber", qos=2)
     publisher = build_publisher(make_config(tmp_path, mqtt=mqtt_sink(mosquitto, protocol="5", qos=2))).start()
     publisher.submit(make_events(5))
     wait_until(lambda: len(subscriber.seqs()) == 5, what="5 events")
     wait_until(lambda: publisher.stats()["spool_depth"] == 0, what="empty spool")
     publisher.close(timeout=2)
+    subscriber.close()
+    assert subscriber.seqs() == list(range(1, 6))
+    events_qos = [qos for topic, qos in subscriber.qos if topic == "edgesight/gate/events"]
+    assert events_qos == [2] * 5, subscriber.qos
+    # The broker's own log: the sink connected with MQTT 5 (mosquitto writes p5; 3.1.1 shows as p2).
+    log = (mosquitto.folder / "mosquitto.log").read_text()
+    connects = [line for line in log.splitlines() if "New client connected" in line and " as edgesight-gate " in line]
+    assert connects and all("(p5," in line for line in connects), log
 
 
 CHILD = textwrap.dedent(
