@@ -29,7 +29,9 @@ INT8 = "yolox-nano-tflite-int8"
 
 def _config(test_bundles: Path, clip: Path, tmp: Path, **fields) -> DaemonConfig:
     return DaemonConfig.model_validate({"bundle": str(test_bundles / INT8), "source": {"uri": str(clip)},
-                                        "http": None, "events": {"snapshots": str(tmp / "snapshots")}, **fields})
+                                        "http": None, "events": {"snapshots": str(tmp / "snapshots"),
+                                                                 "spool": str(tmp / "spool" / "events.sqlite")},
+                                        **fields})
 
 
 def _run_in_thread(daemon: Daemon, limit: float = 60) -> ExitCode:
