@@ -136,15 +136,35 @@ def mosquitto(tmp_path: Path):
     broker.stop()
 
 
+def _in_ci() -> bool:
+    """Whether this is CI (.ci/run sets CI=true), where every skip is a failure."""
+    return bool(os.environ.get("CI"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """In CI every skip is a failure: .ci/run installs every runtime and points the mirror at ../shared,
     so a skip there means a missing install step, not a missing optional extra."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped:
+    if _in_ci() and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where the mirror and every runtime must be present: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """In CI a module skipped at collection (a module-level ``pytest.importorskip``) fails too, naming the module
+    and the reason: those skips never reach pytest_runtest_makereport, and they hide a whole file's tests."""
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped:
+        # A skip's longrepr is (path, line, "Skipped: <reason>").
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.nodeid} was skipped at collection in CI, where the mirror and every runtime "
+                           f"must be present: {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,17 @@
 
 Cheap, syntactic checks over every ``tests/*.py``: an assert that holds whatever the code does
 (``assert len(x) >= 0``, ``assert True``, ``assert a == a``, ``isinstance(x, object)``) and an
-``importorskip`` of the project's own packages (which turns a broken import into a skip).
+``importorskip`` of the project's own packages (which turns a broken import into a skip). And the CI rule
+of tests/conftest.py: a module skipped at collection fails there, as a skipped test does.
 """
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +93,41 @@ def test_the_check_catches_tautologies_and_only_them(tmp_path: Path, source: str
     path = tmp_path / "test_sample.py"
     path.write_text(source + "\n")
     assert bool(_problems(path)) == caught
+
+
+#: A test file whose module-level importorskip cannot import: the whole file skips at collection.
+NEEDS_MISSING = """\
+import pytest
+
+pytest.importorskip("edgesight_no_such_module", reason="edgesight_no_such_module is not installed")
+
+
+def test_never_collected():
+    pass
+"""
+
+
+def _pytest_on(tree: Path, ci: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | ({"CI": "true"} if ci else {})
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tree),
+                           "-c", str(tree / "pytest.ini"), str(tree / "tests")],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_module_skipped_at_collection_fails_in_ci_only(tmp_path: Path) -> None:
+    # The suite's own conftest.py, beside a module that skips at collection and one that passes.
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "tests").mkdir()
+    shutil.copy(TESTS / "conftest.py", tmp_path / "tests" / "conftest.py")
+    (tmp_path / "tests" / "test_needs_missing.py").write_text(NEEDS_MISSING)
+    (tmp_path / "tests" / "test_fine.py").write_text("def test_fine():\n    pass\n")
+
+    outside = _pytest_on(tmp_path, ci=False)
+    assert outside.returncode == 0, outside.stdout + outside.stderr
+    assert "1 passed, 1 skipped" in outside.stdout, outside.stdout
+
+    ci = _pytest_on(tmp_path, ci=True)
+    assert ci.returncode not in (0, 5), ci.stdout + ci.stderr
+    assert "1 error" in ci.stdout and "skipped" not in ci.stdout.splitlines()[-1], ci.stdout
+    assert "tests/test_needs_missing.py was skipped at collection in CI" in ci.stdout, ci.stdout
+    assert "edgesight_no_such_module is not installed" in ci.stdout, ci.stdout
