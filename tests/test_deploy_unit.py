@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from toolkit.deploy.fleet import load_inventory, plan_hosts, render_table
 from toolkit.deploy.profiles import PROFILES, Platform, get_profile
 from toolkit.deploy.release import DeployOptions, HostResult, device_config
 from toolkit.deploy.unit import UnitSpec, render_unit
-from toolkit.deploy.wheelhouse import Wheelhouse, WheelhouseError
+from toolkit.deploy.wheelhouse import SOURCE_PARTS, SOURCE_TREE, Wheelhouse, WheelhouseError, source_digest
 
 
 def _unit(tmp_path: Path, target: str) -> Path:
@@ -150,3 +151,22 @@ def test_jetson_tensorrt_gets_an_engine_cache_and_fallback_warns(tmp_path: Path,
     assert not warn_on_fallback([cpu], [cpu], [cpu])
     assert warn_on_fallback([trt, cuda, cpu], [cpu], [trt, cuda, cpu])
     assert "!!! ONNX Runtime runs on CPUExecutionProvider, not on TensorrtExecutionProvider" in caplog.text
+
+
+def test_the_cached_project_wheel_is_rebuilt_when_the_live_page_changes(tmp_path: Path) -> None:
+    """The wheel deploy ships is cached by a digest of its sources; the live page's JavaScript counts too."""
+    tree = tmp_path / "tree"
+    for part in SOURCE_PARTS:
+        src = SOURCE_TREE / part
+        if src.is_dir():
+            shutil.copytree(src, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, tree / part)
+    before = source_digest(tree)
+    assert source_digest(tree) == before
+    (tree / "devices" / "daemon" / "__pycache__").mkdir(exist_ok=True)
+    (tree / "devices" / "daemon" / "__pycache__" / "x.pyc").write_bytes(b"byte code")
+    assert source_digest(tree) == before  # byte code is not a source
+    page = next((tree / "devices").rglob("*.js"))
+    page.write_text(page.read_text() + "\n// changed\n")
+    assert source_digest(tree) != before

@@ -29,7 +29,7 @@ WHEELHOUSE_FILE = "wheelhouse.json"
 PROJECT = "edgesight"
 #: The source tree this toolkit runs from (None for an installed wheel, which cannot rebuild itself).
 SOURCE_TREE = Path(__file__).resolve().parents[2]
-_SOURCE_PARTS = ("toolkit", "devices", "models", "calibration", "setup.cfg", "pyproject.toml", "README.md")
+SOURCE_PARTS = ("toolkit", "devices", "models", "calibration", "setup.cfg", "pyproject.toml", "README.md")
 _WHEEL_CACHE = Path.home() / ".cache" / "edgesight" / "project-wheels"
 
 
@@ -113,6 +113,20 @@ def requirements(runtime: Runtime, project: str = PROJECT) -> tuple[str, ...]:
     return (f"{project}[{','.join(runtime.extras)}]", *runtime.requirements)
 
 
+def source_digest(tree: Path) -> str:
+    """sha256 of every file the wheel is built from: the code and its package data (the live page's HTML, CSS
+    and JavaScript), so that a change to any of them builds a new wheel."""
+    digest = hashlib.sha256()
+    for part in SOURCE_PARTS:
+        root = tree / part
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc":
+                continue
+            digest.update(str(path.relative_to(tree)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def project_wheel() -> Path:
     """This project's wheel, built from the source tree once per change of its source (cached).
 
@@ -124,19 +138,13 @@ def project_wheel() -> Path:
             f"edgesight runs from {SOURCE_TREE}, not from a source tree, so it cannot build its own wheel",
             "run the command from a clone of the edgesight repository (pip install -e .)",
         )
-    digest = hashlib.sha256()
-    for part in _SOURCE_PARTS:
-        root = SOURCE_TREE / part
-        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
-        for path in files:
-            digest.update(str(path.relative_to(SOURCE_TREE)).encode() + b"\0" + path.read_bytes())
-    cached = _WHEEL_CACHE / digest.hexdigest()[:16]
+    cached = _WHEEL_CACHE / source_digest(SOURCE_TREE)[:16]
     wheels = sorted(cached.glob(f"{PROJECT}-*.whl"))
     if wheels:
         return wheels[0]
     # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
     with tempfile.TemporaryDirectory() as tmp:
-        for part in _SOURCE_PARTS:
+        for part in SOURCE_PARTS:
             src = SOURCE_TREE / part
             if src.is_dir():
                 shutil.copytree(src, Path(tmp) / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
