@@ -395,6 +395,20 @@ def test_missing_camera_node_is_named_with_its_fix_once(caplog: pytest.LogCaptur
     assert all("fix:" not in line for line in lines[1:]), lines
 
 
+def test_a_stream_that_does_not_open_gets_no_misleading_opencv_warning(capfd: pytest.CaptureFixture) -> None:
+    # OpenCV warns "backend is generally available but can't be used to capture by name" on a refused
+    # connection; the reader's own error names the cause. FFmpeg's line about the connection stays.
+    from conftest import free_port
+
+    reader = OpenCvReader(parse_uri(f"rtsp://127.0.0.1:{free_port()}/cam"), SourceConfig(uri="x", open_timeout=2))
+    reader.check()
+    with pytest.raises(SourceError, match="nothing listens on"):
+        reader.open()
+    err = capfd.readouterr().err
+    assert "Connection refused" in err  # FFmpeg's own line: the capture really ran
+    assert "[ WARN" not in err and "can't be used to capture by name" not in err, err
+
+
 def test_a_stream_that_does_not_open_says_why() -> None:
     # Real sockets on this machine: a port nobody listens on, one that accepts, an unknown host, a bad port.
     from conftest import free_port

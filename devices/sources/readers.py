@@ -121,6 +121,7 @@ class OpenCvReader:
     def check(self) -> None:
         import cv2
 
+        quiet_opencv_warnings(cv2)
         if self.uri.kind == "file":
             path = Path(self.uri.target)
             if not path.is_file():
@@ -223,6 +224,18 @@ class OpenCvReader:
             )
         problem, fix = network_problem(self.uri.target, min(self.cfg.open_timeout, PROBE_TIMEOUT))
         return SourceUnavailable(f"cannot open the stream {shown}: {problem}", fix)
+
+
+def quiet_opencv_warnings(cv2: Any) -> None:
+    """OpenCV's own log at errors only, unless the user set ``OPENCV_LOG_LEVEL``.
+
+    On a failed open OpenCV warns "backend is generally available but can't be used to capture by name" (or
+    "can't open camera by index"), which points at the backend when the cause is the camera or the network;
+    the reader's own error says which, and how to fix it. FFmpeg's lines ("Connection refused", decoding
+    errors) are left as they are: they are facts about the stream.
+    """
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def network_problem(url: str, timeout: float) -> tuple[str, str]:
