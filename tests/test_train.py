@@ -341,3 +341,46 @@ def test_bundle_report_says_which_model_to_deploy_and_why() -> None:
     stock = {**training, "input_size": {**training["input_size"], "weights": "zero-shot"}}
     assert "is the stock COCO model" in "\n".join(_report_training(SimpleNamespace(training=stock)))
     assert _report_training(SimpleNamespace(training=None)) == []
+
+
+def test_a_mosaic_keeps_each_object_under_its_box_and_draws_from_one_source(tmp_path: Path) -> None:
+    import cv2
+
+    from devices.types import InputSpec
+    from toolkit.data.sample import Sample
+
+    # Four grey photos of source "a", each with one red square labelled where it is; one photo of source "b"
+    # whose square is blue. A mosaic of an "a" photo may only show red squares, each under a box.
+    def photo(name: str, source: str, colour: tuple[int, int, int], x: int, y: int) -> Sample:
+        image = np.full((80, 120, 3), 128, np.uint8)
+        image[y:y + 30, x:x + 30] = colour
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), image)
+        return Sample(path, 120, 80, np.array([[x, y, x + 30, y + 30]], np.float32), np.array([1]), source, name)
+
+    samples = [photo(f"a{k}", "a", (0, 0, 255), 10 + 20 * k, 5 + 10 * k) for k in range(4)]
+    samples.append(photo("b", "b", (255, 0, 0), 40, 20))
+    spec = InputSpec(width=96, height=96)
+    plain = DetectionDataset(samples, spec, augment=False)
+    mosaic = DetectionDataset(samples, spec, augment=False, sources=["a", "b"], mosaic=1.0)
+    torch.manual_seed(0)
+    counts = set()
+    for _ in range(40):
+        image, boxes, labels, source = mosaic[0]
+        assert image.shape == (3, 96, 96) and source == 0
+        bgr = image.permute(1, 2, 0).numpy()  # this spec: BGR pixels, no normalisation
+        assert not (bgr[:, :, 0] > 200).any(), "a photo of another source is in the mosaic"
+        red = (bgr[:, :, 2] > 200) & (bgr[:, :, 1] < 50)
+        covered = np.zeros_like(red)
+        for x1, y1, x2, y2 in boxes.round().int().tolist():
+            assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+            assert red[y1:y2, x1:x2].mean() > 0.75, "a box where there is no object"
+            covered[y1:y2, x1:x2] = True
+        assert labels.tolist() == [1] * len(boxes)
+        # Red pixels outside every box belong to squares cut to under 40 % by the crop.
+        assert (red & ~covered).sum() <= 0.4 * 30 * 30 * 4
+        counts.add(len(boxes))
+    assert max(counts) >= 2, "no mosaic ever showed two photos' objects"
+    # Off (the default), an item is the photo as placed at inference.
+    image, boxes, _, _ = plain[0]
+    np.testing.assert_allclose(boxes.numpy(), samples[0].boxes * 0.8)
