@@ -4,9 +4,11 @@ Runs the daemon as a user would (a subprocess of the device venv's ``edgesight``
 motion gate off and every event stage on (tracker, best snapshots on their disk budget, the durable spool, a
 rotating JSONL sink), and samples ``/api/status`` and ``/proc/PID/stat`` every second until ``--frames`` frames
 went through the events stage. Reports resident memory after warm-up (the first ``--warmup`` frames) and at
-the end (target: grows by at most 10 MB), and the first tenth of the frames against the last tenth: wall
-FPS (target: within 5 %) and CPU seconds per frame (the same figure without the neighbours' noise on a
-shared machine).
+the end (target: grows by at most 10 MB), and the first tenth of the frames after warm-up against the last
+tenth: wall FPS (target: within 5 %) and CPU seconds per frame (the same figure without the neighbours' noise
+on a shared machine). The two tenths are whole loops of the video that start at the same frame of it, so that
+both see the same scenes (the tracker's and the snapshots' work follow the number of people), and the first
+starts after warm-up (start-up, the first inference and the first snapshots are not in it).
 
 Other settings (an MQTT sink, say) can be added with ``--config`` (YAML lines put before the benchmark's own).
 """
@@ -26,6 +28,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,6 +59,17 @@ def at(samples: list[dict], frames: int, key: str) -> float:
     a, b = samples[i - 1], samples[i]
     share = (frames - a["frames"]) / max(b["frames"] - a["frames"], 1)
     return a[key] + share * (b[key] - a[key])
+
+
+def tenths(frames: int, warmup: int, loop: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The first and the last span of about a tenth of the frames after ``warmup``: whole loops of a video of
+    ``loop`` frames, each starting at the video's first frame (frame counts as processed, no frame dropped)."""
+    span = max(1, (frames - warmup) // 10 // loop) * loop
+    first = -(-warmup // loop) * loop
+    end = frames // loop * loop
+    if end - span < first + span:
+        raise SystemExit(f"--frames {frames} is too few for two spans of {span} frames after {warmup} of warm-up")
+    return (first, first + span), (end - span, end)
 
 
 def main() -> None:
@@ -115,8 +130,11 @@ def sample(pid: int, url: str, frames: int) -> list[dict]:
 
 
 def report(args: argparse.Namespace, samples: list[dict], final: dict, code: int, work: Path) -> None:
-    tenth = args.frames // 10
-    spans = {"first tenth": (0, tenth), "last tenth": (args.frames - tenth, args.frames)}
+    capture = cv2.VideoCapture(str(args.video))
+    loop = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    first, last = tenths(args.frames, args.warmup, loop)
+    spans = {f"first tenth (frames {first[0]}-{first[1]})": first, f"last tenth (frames {last[0]}-{last[1]})": last}
     rows = {}
     for name, (a, b) in spans.items():
         seconds = at(samples, b, "t") - at(samples, a, "t")
@@ -131,10 +149,11 @@ def report(args: argparse.Namespace, samples: list[dict], final: dict, code: int
     print("\n| frames | wall FPS | CPU ms/frame |\n|---|---:|---:|")
     for name, (fps, cpu) in rows.items():
         print(f"| {name} | {fps:.1f} | {cpu:.2f} |")
-    (f0, c0), (f1, c1) = rows["first tenth"], rows["last tenth"]
+    (f0, c0), (f1, c1) = rows.values()
     print(f"| last / first | **{f1 / f0:.3f}** | **{c1 / c0:.3f}** |")
-    bounds = [args.frames * k // 10 for k in range(11)]
-    print("wall FPS of each tenth: " + ", ".join(
+    print(f"(each: {(first[1] - first[0]) // loop} loops of the {loop}-frame video)")
+    bounds = [args.warmup + (args.frames - args.warmup) * k // 10 for k in range(11)]
+    print("wall FPS of each tenth after warm-up: " + ", ".join(
         f"{(b - a) / (at(samples, b, 't') - at(samples, a, 't')):.1f}" for a, b in itertools.pairwise(bounds)))
     print(f"\nresident memory: {warm:.1f} MB after {args.warmup} frames, {end:.1f} MB at the end "
           f"(**{end - warm:+.1f} MB**), peak after warm-up {peak:.1f} MB")
