@@ -53,9 +53,6 @@ class TrainConfig(BaseModel):
                               "yours; the rest is a fresh draw of bundled photos.")
     hard_repeat: int = Field(1, ge=1, description="With --data: your training photos where the zero-shot model "
                              "misses a labelled object are drawn this many times an epoch (the others once).")
-    mosaic: float = Field(0.0, ge=0, le=1, description="The share of training items that are a mosaic of four "
-                          "photos of one source, cropped at the input size (objects keep their size). Off by "
-                          "default: measured on your photos in docs/training.md.")
     one_copy_per_photo: bool = True
     seed: int = 0
     workers: int = Field(0, ge=0)

@@ -38,70 +38,29 @@ class DetectionDataset(Dataset):
 
     Returns (image float tensor in the model's input contract, boxes (G, 4) input px, labels (G,), index of
     the sample's source in ``sources``, -1 when it is not there).
-
-    With ``mosaic`` p, a share p of the items is a mosaic: the photo and three others of its source placed in a
-    2x2 tiling, cropped to the input size at a random point, so objects keep their size and meet other
-    photos' backgrounds and cut edges (YOLOX's mosaic without its zoom out). One source per mosaic, because
-    what a photo's labels teach is a property of its source. The draws use torch's generator (the run's seed).
     """
 
-    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool, sources: Sequence[str] = (),
-                 mosaic: float = 0.0) -> None:
+    def __init__(self, samples: list[Sample], spec: InputSpec, augment: bool, sources: Sequence[str] = ()) -> None:
         self.samples = samples
         self.spec = spec
         self.augment = augmentations(spec) if augment else None
         self.sources = list(sources)
-        self.mosaic = mosaic
-        self._by_source: dict[str, list[int]] = {}
-        for k, s in enumerate(samples):
-            self._by_source.setdefault(s.source, []).append(k)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _placed(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``i`` placed into the input as at inference, and its boxes in input pixels."""
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         sample = self.samples[i]
         placed, pl = place(load_image(sample.image_path), self.spec)
         boxes = sample.boxes * np.array([pl.scale_x, pl.scale_y, pl.scale_x, pl.scale_y], np.float32)
-        return placed, boxes + np.array([pl.pad_x, pl.pad_y, pl.pad_x, pl.pad_y], np.float32)
-
-    def _mosaic(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample ``i`` and three of its source in a 2x2 tiling, cropped to the input at a random point; an
-        object keeps its box if at least 40 % of it is inside the crop."""
-        w, h = self.spec.width, self.spec.height
-        peers = self._by_source[self.samples[i].source]
-        picks = [i] + [peers[int(k)] for k in torch.randint(len(peers), (3,))]
-        canvas = np.full((2 * h, 2 * w, 3), self.spec.pad_value, np.uint8)
-        all_boxes, all_labels = [], []
-        for quadrant, k in enumerate(picks):
-            placed, boxes = self._placed(k)
-            x0, y0 = (quadrant % 2) * w, (quadrant // 2) * h
-            canvas[y0:y0 + h, x0:x0 + w] = placed
-            all_boxes.append(boxes + np.array([x0, y0, x0, y0], np.float32))
-            all_labels.append(self.samples[k].labels)
-        left, top = int(torch.randint(w + 1, ())), int(torch.randint(h + 1, ()))
-        boxes = np.concatenate(all_boxes) - np.array([left, top, left, top], np.float32)
-        labels = np.concatenate(all_labels)
-        clipped = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        keep = inside >= 0.4 * np.maximum(area, 1e-6)
-        return np.ascontiguousarray(canvas[top:top + h, left:left + w]), clipped[keep], labels[keep]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        sample = self.samples[i]
-        if self.mosaic > 0 and float(torch.rand(())) < self.mosaic:
-            placed, boxes, labels = self._mosaic(i)
-        else:
-            (placed, boxes), labels = self._placed(i), sample.labels
+        boxes = boxes + np.array([pl.pad_x, pl.pad_y, pl.pad_x, pl.pad_y], np.float32)
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(placed[:, :, ::-1])).permute(2, 0, 1))
         data = {
             "image": image,
             "boxes": tv_tensors.BoundingBoxes(
                 torch.from_numpy(boxes), format="XYXY", canvas_size=tuple(placed.shape[:2])
             ),
-            "labels": torch.tensor(labels, dtype=torch.long),
+            "labels": torch.tensor(sample.labels, dtype=torch.long),
         }
         if self.augment is not None:
             data = self.augment(data)

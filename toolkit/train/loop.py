@@ -293,7 +293,7 @@ def build_loop(config: TrainConfig, models: Models, plan: Plan, data: TrainData,
     spec = model_spec(models.student)
     sources = sorted({s.source for s in data.train + data.val})
     photos = one_per_group(data.train, config.seed) if config.one_copy_per_photo else list(data.train)
-    dataset = DetectionDataset(photos, spec.input, augment=True, sources=sources, mosaic=config.mosaic)
+    dataset = DetectionDataset(photos, spec.input, augment=True, sources=sources)
     if world > 1:
         sampler: EpochPhotos | DistributedSampler = DistributedSampler(dataset, world, rank, shuffle=True,
                                                                         seed=config.seed)
