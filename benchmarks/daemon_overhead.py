@@ -26,6 +26,12 @@ is reported twice: at full speed on the file (it includes the frames the capture
 A last row runs ``edgesight run`` on the file itself (decoding included) as a user would. With ``--loop-alone``
 each round also runs the daemon without its events stage (no tracker, events, snapshots or sinks): the part of
 the overhead that is the loop itself, apart from the work done on the results.
+
+With ``--workers K`` each round also runs, for every thread count T that K divides, the daemon with K copies of
+the model of T/K threads each (``workers`` in the config, ``devices.daemon.workers``) on the same T cores, and
+its bare counterpart: K plain loops in K threads, one copy each, on alternate frames. Its table compares the
+daemon with both: with the bare loop of T threads above (what the daemon's target is measured against) and with
+the bare copies (what the loop costs on top of the workers).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devices.daemon.config import DaemonConfig
 from devices.daemon.service import Daemon
+from devices.daemon.workers import Workers
 from devices.host import machine
 from devices.runner import BundleDetector
 from devices.sources import Source, readers
@@ -140,11 +148,35 @@ def bare_run(bundle: Path, threads: int, frames: list[np.ndarray]) -> dict:
     return {"fps": len(frames) / wall, "cpu_ms": cpu / len(frames) * 1000, "call_ms": call, "gap_ms": gap}
 
 
+def bare_copies_run(bundle: Path, workers: int, threads: int, frames: list[np.ndarray]) -> dict:
+    """``workers`` plain loops in as many threads, one detector of ``threads`` threads each, on alternate frames."""
+    detectors = [BundleDetector(bundle, threads=threads) for _ in range(workers)]
+    for detector in detectors:
+        detector(frames[0])
+
+    def loop(k: int) -> None:
+        for image in frames[k::workers]:
+            detectors[k](image)
+
+    runners = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
+    start, cpu = time.perf_counter(), time.process_time()
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    for detector in detectors:
+        detector.close()
+    return {"fps": len(frames) / wall, "cpu_ms": cpu / len(frames) * 1000}
+
+
 def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float, realtime: bool,
-               video: Path, loop_alone: bool = False) -> dict:
+               video: Path, loop_alone: bool = False, workers: int = 1) -> dict:
+    """The daemon on the frames; ``threads`` of the runtime in all, split between ``workers`` copies."""
     work = Path(tempfile.mkdtemp(prefix="overhead-"))
+    threads //= workers
     cfg = DaemonConfig.model_validate({
-        "bundle": str(bundle), "threads": threads, "http": None, "watch_bundle": False,
+        "bundle": str(bundle), "threads": threads, "workers": workers, "http": None, "watch_bundle": False,
         "source": {"uri": str(video), "realtime": realtime}, "motion": {"enabled": False},
         "events": {"spool": str(work / "spool.sqlite"), "snapshots": str(work / "snapshots")},
         "sinks": {"jsonl": {"path": str(work / "events.jsonl")}},
@@ -155,9 +187,10 @@ def daemon_run(bundle: Path, threads: int, frames: list[np.ndarray], fps: float,
     source = Source(cfg.source, reader_factory=lambda: reader)
     opened: list[TimedDetector] = []
 
-    def open_detector(path: Path) -> TimedDetector:
-        opened.append(TimedDetector(BundleDetector(path, threads=threads)))
-        return opened[-1]
+    def open_detector(path: Path) -> TimedDetector | Workers:
+        copies = [TimedDetector(BundleDetector(path, threads=threads)) for _ in range(workers)]
+        opened.extend(copies)
+        return copies[0] if workers == 1 else Workers(copies)
 
     daemon = (LoopAlone if loop_alone else Daemon)(cfg, open_detector=open_detector, source=source)
     code = daemon.run()
@@ -189,9 +222,12 @@ def cli_fps(bundle: Path, threads: int, video: Path, tmp: Path) -> float:
     return frames / total
 
 
-def _ratio_cell(bare: list[dict], runs: list[dict]) -> str:
-    ratios = [d["fps"] / b["fps"] for b, d in zip(bare, runs, strict=True)]
-    return f" {statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
+def _ratio_cell(base: list[dict], runs: list[dict], bold: bool = False) -> str:
+    """Each round's run against the base run just before it: median (min-max); the spread says how noisy the
+    machine was."""
+    ratios = [d["fps"] / b["fps"] for b, d in zip(base, runs, strict=True)]
+    median = f"**{statistics.median(ratios):.3f}**" if bold else f"{statistics.median(ratios):.3f}"
+    return f" {median} ({min(ratios):.2f}-{max(ratios):.2f}) |"
 
 
 def main() -> None:
@@ -202,6 +238,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--paced-frames", type=int, default=200, help="Frames of the camera-like (10 fps) run.")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Also run, each round, the daemon with this many copies of the model sharing each thread "
+                             "count that it divides, and as many bare loops side by side (see the docstring).")
     parser.add_argument("--loop-alone", action="store_true",
                         help="Also run, each round, the daemon without its events stage (tracker, events, snapshots, "
                              "sinks): how much of the overhead is the loop and how much the work on the results.")
@@ -213,13 +252,22 @@ def main() -> None:
     bare: dict[int, list[dict]] = {t: [] for t in threads}
     full: dict[int, list[dict]] = {t: [] for t in threads}
     alone: dict[int, list[dict]] = {t: [] for t in threads}
+    k = args.workers
+    shared = [t for t in threads if k > 1 and t % k == 0]  # thread counts also run as k workers
+    copies: dict[int, list[dict]] = {t: [] for t in shared}
+    split: dict[int, list[dict]] = {t: [] for t in shared}
     for _ in range(args.rounds):  # interleaved, so that the neighbours' load hits both alike
         for t in threads:
             bare[t].append(bare_run(args.bundle, t, frames))
             full[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video))
             if args.loop_alone:
                 alone[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video, loop_alone=True))
+            if t in shared:
+                copies[t].append(bare_copies_run(args.bundle, k, t // k, frames))
+                split[t].append(daemon_run(args.bundle, t, frames, fps, False, args.video, workers=k))
     paced = {t: daemon_run(args.bundle, t, frames[: args.paced_frames], fps, True, args.video) for t in threads}
+    paced_split = {t: daemon_run(args.bundle, t, frames[: args.paced_frames], fps, True, args.video, workers=k)
+                   for t in shared}
     tmp = Path(tempfile.mkdtemp(prefix="overhead-cli-"))
     cli = {t: cli_fps(args.bundle, t, args.video, tmp) for t in threads}
     shutil.rmtree(tmp)
@@ -236,17 +284,31 @@ def main() -> None:
                for k in ("call_ms", "gap_ms", "cpu_ms", "fps")}
         call, gap = med["call_ms"][1], med["gap_ms"][1]
         (bc, dc), (bf, df) = med["cpu_ms"], med["fps"]
-        # Each round's daemon against the bare loop just before it: the spread says how noisy the machine was.
-        ratios = [d["fps"] / b["fps"] for b, d in zip(bare[t], full[t], strict=True)]
         print(f"| {t} | {med['call_ms'][0]:.2f} / {call:.2f} | {med['gap_ms'][0]:.3f} / {gap:.3f} | "
-              f"**{call / (call + gap):.3f}** | {bc:.2f} / {dc:.2f} | **{bc / dc:.3f}** | {bf:.1f} / {df:.1f} | "
-              f"**{statistics.median(ratios):.3f}** ({min(ratios):.2f}-{max(ratios):.2f}) | {cli[t]:.1f} |"
+              f"**{call / (call + gap):.3f}** | {bc:.2f} / {dc:.2f} | **{bc / dc:.3f}** | {bf:.1f} / {df:.1f} |"
+              f"{_ratio_cell(bare[t], full[t], bold=True)} {cli[t]:.1f} |"
               + (_ratio_cell(bare[t], alone[t]) if args.loop_alone else ""))
+    if shared:
+        print(f"\n**{k} workers**: the daemon with {k} copies of the model sharing the threads, against the bare loop "
+              f"of the table above and against {k} bare loops side by side (one copy each, alternate frames); "
+              "medians, and per-round ratios as median (min-max).\n")
+        print("| threads | workers x threads each | wall FPS: bare loop / bare copies / daemon | "
+              "**daemon / bare loop** | daemon / bare copies | CPU ms/frame: bare loop / bare copies / daemon |")
+        print("|---:|---|---|---|---|---|")
+        for t in shared:
+            fps_of = [statistics.median(r["fps"] for r in runs) for runs in (bare[t], copies[t], split[t])]
+            cpu_of = [statistics.median(r["cpu_ms"] for r in runs) for runs in (bare[t], copies[t], split[t])]
+            print(f"| {t} | {k} x {t // k} | {' / '.join(f'{v:.1f}' for v in fps_of)} |"
+                  f"{_ratio_cell(bare[t], split[t], bold=True)}{_ratio_cell(copies[t], split[t])} "
+                  f"{' / '.join(f'{v:.2f}' for v in cpu_of)} |")
     print("\n| threads | run | frames | events | capture->processed p50 / p99 ms | capture->event durable "
           "p50 / p99 ms | frames dropped |")
     print("|---:|---|---:|---:|---|---|---:|")
     for t in threads:
         rows = [("full speed (file, last round)", full[t][-1]), (f"camera-like, {fps:g} fps", paced[t])]
+        if t in shared:
+            rows += [(f"{k} workers, full speed (last round)", split[t][-1]),
+                     (f"{k} workers, camera-like, {fps:g} fps", paced_split[t])]
         for name, run in rows:
             lat = run["latency"]
             proc, event = lat["capture_to_processed"], lat["capture_to_event"]

@@ -264,6 +264,7 @@ def test_sigterm_stops_within_2_s(daemon, test_bundles: Path, clip: Path) -> Non
     ("bundle: b\nsource: {uri: x.mp4}\nhttp: {port: http}\n", ["http.port", "'http'", "whole number"]),
     ("bundle: b\nsource:\n  uri: x.mp4\n loop: true\n", ["not valid YAML at line", "fix:"]),
     ("- bundle\n", ["not a mapping"]),
+    ("bundle: b\nsource: {uri: x.mp4}\nworkers: 0\n", ["workers", "(got 0)", "use a value at least 1"]),
     ("bundle: b\nsource: {uri: x.mp4}\nzones: [{name: a/b, points: [[0, 0], [1, 0], [1, 1]]}]\n",
      ["zones.0.name", "'a/b'", "MQTT topics", "no '/'"]),
     ("bundle: b\nsource: {uri: x.mp4}\nzones: [{name: a, points: [[0, 0], [1, 0], [1, 1]], labelz: [x]}]\n",

@@ -20,6 +20,8 @@ from devices.daemon.http import HttpServer, Response, bearer_token_ok
 from devices.daemon.loop import HAND_ON_BATCH, HAND_ON_WAIT, Loop
 from devices.daemon.service import Daemon, ExitCode, bundle_detector_factory
 from devices.daemon.systemd import Notifier
+from devices.daemon.workers import Workers
+from devices.errors import FrameError
 from devices.sources import Source
 from devices.sources.readers import MemoryReader
 from devices.types import Detections, Frame
@@ -101,6 +103,39 @@ def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Pa
     assert counters.processed == 59
     assert seen == [i for i in range(60) if i != 9]  # what the stuck thread held went on first, in order
     assert time.monotonic() - started < 30
+
+
+class _HangsInOneWorker:
+    """Opens ``Workers`` of two real detectors; in the first pair, the first copy hangs on its 5th call."""
+
+    def __init__(self, cfg: DaemonConfig, release: threading.Event) -> None:
+        self.real = bundle_detector_factory(cfg.model_copy(update={"workers": 1}))
+        self.release, self.opened = release, []
+
+    def __call__(self, path: Path) -> Workers:
+        first = not self.opened
+        copies = [_HangsOnce(self.real(path), hang_on=5 if first and i == 0 else 0, release=self.release)
+                  for i in range(2)]
+        self.opened.append(Workers(copies))
+        return self.opened[-1]
+
+
+def test_a_stuck_worker_is_abandoned_and_the_workers_reopened(test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+    cfg = _config(test_bundles, clip, tmp_path, detect_timeout=1.0, workers=2, threads=1)
+    release = threading.Event()
+    open_detector = _HangsInOneWorker(cfg, release)
+    seen: list[int] = []
+    daemon = Daemon(cfg, open_detector=open_detector, observers=[lambda frame, d, t: seen.append(frame.index)])
+    code = _run_in_thread(daemon)
+    release.set()
+    counters = daemon.loop.counters
+    assert code == ExitCode.OK
+    assert counters.detector_stalls == 1 and len(open_detector.opened) == 2
+    # The stuck frame is lost, and so is the one given to the other worker behind it (at most workers - 1 more).
+    lost = sorted(set(range(60)) - set(seen))
+    assert counters.frames_in == 60 and 1 <= len(lost) <= 2 and lost == list(range(lost[0], lost[0] + len(lost)))
+    assert counters.processed == counters.detected == 60 - len(lost)
+    assert seen == sorted(seen)  # in frame order across the swap
 
 
 # --- when results reach the events stage ------------------------------------------------------------------
@@ -272,3 +307,67 @@ def test_sd_notify_off_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_PID", "1")  # another process's watchdog
     notifier = Notifier.from_env()
     assert not notifier.enabled and not notifier.ready() and notifier.watchdog_interval is None
+
+
+# --- workers: copies of the model side by side ------------------------------------------------------------
+
+
+class _Sleeper:
+    """A detector without stages that sleeps longer on every third frame (its index is the image's value),
+    so that a later frame often finishes first; it notes how many calls ran at once."""
+
+    labels = ("pedestrian",)
+
+    def __init__(self, counter: dict) -> None:
+        self.counter = counter
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        with self.counter["lock"]:
+            self.counter["now"] += 1
+            self.counter["most"] = max(self.counter["most"], self.counter["now"])
+        time.sleep(0.03 if int(image[0, 0, 0]) % 3 == 0 else 0.002)
+        if int(image[0, 0, 0]) == 7:
+            image = None  # what cv2.imread gives for a bad file: a bad frame, counted and skipped
+        with self.counter["lock"]:
+            self.counter["now"] -= 1
+        if image is None:
+            raise FrameError("the frame is None", "check the source")
+        return Detections.empty()
+
+    def close(self) -> None:
+        self.counter["closed"] += 1
+
+
+def test_workers_run_side_by_side_and_results_go_on_in_frame_order(clip: Path) -> None:
+    counter: dict = {"lock": threading.Lock(), "now": 0, "most": 0, "closed": 0}
+    workers = Workers([_Sleeper(counter), _Sleeper(counter)])
+    images = [np.full((48, 64, 3), i, np.uint8) for i in range(30)]
+    source = Source(DaemonConfig.model_validate({"bundle": "b", "source": {"uri": str(clip)}}).source,
+                    reader_factory=lambda: MemoryReader(images))
+    recorder = _Recorder()
+    with source:
+        loop = Loop(source, workers, pipeline=recorder)
+        loop.start()
+        assert loop.wait(30), "the loop did not finish"
+        loop.stop(2.0)
+    assert recorder.frames == list(range(30))  # every frame, in order, though later ones often finished first
+    assert counter["most"] == 2  # two calls ran at once
+    assert loop.counters.bad_frames == 1 and loop.counters.detected == 29
+    assert counter["closed"] == 2  # the loop closed both copies
+
+
+def test_two_workers_give_the_events_of_one(test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+    # A file is read without loss, and each frame gets the same model call whichever copy runs it: the events
+    # must be the same, field for field, except the times (a file's frames are stamped when they are read).
+    timeless = ("id", "frame_time", "frame_time_unix", "start_time", "last_seen", "snapshot")
+    events = []
+    for workers in (1, 2):
+        out = tmp_path / f"workers-{workers}"
+        cfg = _config(test_bundles, clip, out, workers=workers, threads=1,
+                      sinks={"jsonl": {"path": str(out / "events.jsonl")}})
+        daemon = Daemon(cfg)
+        assert _run_in_thread(daemon) == ExitCode.OK
+        assert daemon.loop.counters.detected == 60 - daemon.loop.counters.motion_skipped
+        lines = (out / "events.jsonl").read_text().splitlines()
+        events.append([{k: v for k, v in json.loads(line).items() if k not in timeless} for line in lines])
+    assert len(events[0]) > 5 and events[1] == events[0]

@@ -78,6 +78,9 @@ def test_device_config_fills_the_profile_and_state_paths() -> None:
     # No source in the config: the target's camera.
     assert yaml.safe_load(device_config({}, get_profile("rpi"), options, "/b", 4, "h").text)["source"]["uri"] == \
         "csi://0"
+    # Workers share the cores: 4 cores, 2 workers of 2 threads.
+    assert yaml.safe_load(device_config(_config(workers=2), get_profile("rpi"), options, "/b", 4, "h").text)[
+        "threads"] == 2
 
 
 def test_device_config_errors_name_host_and_field() -> None:

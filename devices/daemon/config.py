@@ -268,7 +268,12 @@ class DaemonConfig(_Model):
     runtime: Literal["auto", "onnxruntime", "ai_edge_litert", "tflite_runtime"] = Field(
         "auto", description="Runtime (auto: ONNX Runtime for .onnx bundles, LiteRT or tflite-runtime for .tflite)."
     )
-    threads: int | None = Field(None, ge=1, description="Runtime threads (None: every core).")
+    threads: int | None = Field(None, ge=1, description="Runtime threads (None: every core), of each worker.")
+    workers: int = Field(
+        1, ge=1, le=8, description="Copies of the model run side by side on successive frames: more frames a second "
+        "when the model is slower than the camera, for one model's memory each; set `threads` so that workers x "
+        "threads is the cores to use (2 cores: 2 workers of 1 thread)."
+    )
     detect_timeout: float = Field(10.0, gt=0, description="A detector call stuck longer is abandoned and reopened.")
     watch_bundle: bool = Field(
         True, description="Reload when the bundle's files change on disk (verified first; the old one keeps running "

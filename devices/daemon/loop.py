@@ -8,7 +8,9 @@ Threads and the bounded queues between them::
 * ``detect`` takes the newest frame, asks the motion gate, runs the detector. Its call is watched: the
   supervisor abandons a thread stuck past ``detect_timeout`` and starts a fresh one with a reopened
   detector (``abandon_detector``). Results are handed on just before the next model call, in small
-  batches while frames are waiting (``_hand_on``).
+  batches while frames are waiting (``_hand_on``). Given ``Workers`` (copies of the model, the config's
+  ``workers``), it keeps one call per copy in flight in the workers' threads and holds the results in the
+  order the frames came; a stuck copy loses its frame and those given to the others behind it.
 * ``events`` turns results into events (``EventPipeline.update``) and hands them to the publisher,
   which returns once they are durable in the spool; then it gives every frame to the observers.
 * ``observers`` (the live view, an annotated-MP4 writer) run in their own thread so that a slow one
@@ -17,7 +19,7 @@ Threads and the bounded queues between them::
 The loop holds no configuration of its own beyond queue sizes: the service builds the parts.
 
 Length: the three threads, their queues, counters and the detector watchdog share state that is easier
-to check for races in one file than spread over several (about 470 lines).
+to check for races in one file than spread over several (about 600 lines).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from devices.daemon.workers import Workers
 from devices.detector import TimedDetector
 from devices.errors import DataError
 from devices.sources import Source, SourceEnded
@@ -55,6 +59,10 @@ HAND_ON_WAIT = 0.025
 MAX_DETECTOR_ERRORS = 5
 _RATE_WINDOW = 5.0
 _END = object()
+
+
+class _TooManyErrors(Exception):
+    """The detector failed ``MAX_DETECTOR_ERRORS`` calls in a row: the input ends, the daemon exits non-zero."""
 
 
 class Detector(Protocol):
@@ -300,13 +308,26 @@ class Loop:
         # The same detector when it splits its call into stages, else None. 14 us a check (typing's protocol
         # check): once per detector, not per frame.
         timed: TimedDetector | None = detector if isinstance(detector, TimedDetector) else None
+        workers: Workers | None = detector if isinstance(detector, Workers) else None
+        # Frames given to the workers and not yet collected, oldest first, with their calls (None: the motion
+        # gate skipped the frame) and when they were given; always empty for a detector called in this thread.
+        flight: collections.deque[tuple[Frame, Future | None, float]] = collections.deque()
         try:
             while not self._stop.is_set() and gen == self._gen:
-                fresh = self._swap_if_pending(gen, detector)
-                if fresh is not detector:
-                    detector, timed = fresh, fresh if isinstance(fresh, TimedDetector) else None
+                if not flight:  # a new detector only between calls
+                    fresh = self._swap_if_pending(gen, detector)
+                    if fresh is not detector:
+                        detector = fresh
+                        timed = fresh if isinstance(fresh, TimedDetector) else None
+                        workers = fresh if isinstance(fresh, Workers) else None
+                if workers is not None and len(flight) >= workers.size:
+                    errors = self._count_errors(errors, self._collect(gen, detector, flight))
+                    continue
                 try:
-                    frame = self.source.read(timeout=0.0) if self._held else None
+                    frame = self.source.read(timeout=0.0) if self._held or flight else None
+                    if frame is None and flight:  # none waiting: collect the oldest call meanwhile
+                        errors = self._count_errors(errors, self._collect(gen, detector, flight))
+                        continue
                     if frame is None:  # none waiting: what is held goes on now
                         self._hand_on(gen, force=True)
                         frame = self.source.read(timeout=0.2)
@@ -318,25 +339,41 @@ class Loop:
                 with self._lock:
                     self.counters.frames_in += 1
                 self.last_frame = frame
+                if workers is not None:
+                    self._submit(gen, workers, frame, flight)
+                    continue
                 detections, ok = self._detect(gen, detector, timed, frame)
                 if gen != self._gen:
-                    detector.close()  # abandoned while stuck: its replacement runs in a new thread
-                    return
-                if not ok:
-                    errors += 1
-                    if errors >= MAX_DETECTOR_ERRORS:
-                        self.failure = f"the detector failed {errors} times in a row (see the log)"
-                        break
-                    continue
-                errors = 0
-                with self._lock:
-                    if gen == self._gen:
-                        self._held.append((frame, detections, detector, time.monotonic()))
+                    break  # abandoned while stuck: its replacement runs in a new thread
+                errors = self._count_errors(errors, ok)
+                if ok:
+                    self._hold(gen, frame, detections, detector)
+            while flight and gen == self._gen:  # the input ended or the loop stops: what was given goes on
+                self._collect(gen, detector, flight)
+        except _TooManyErrors as exc:
+            self.failure = str(exc)
         except Exception as exc:
             log.exception("the detect thread failed")
             self.failure = f"the detect thread failed: {exc}"
         if gen == self._gen:
             self._end_input()
+        else:
+            detector.close()  # abandoned while stuck: its replacement runs in a new thread
+
+    @staticmethod
+    def _count_errors(errors: int, ok: bool) -> int:
+        """Consecutive failed detector calls; ``_TooManyErrors`` ends the input at ``MAX_DETECTOR_ERRORS``."""
+        if ok:
+            return 0
+        errors += 1
+        if errors >= MAX_DETECTOR_ERRORS:
+            raise _TooManyErrors(f"the detector failed {errors} times in a row (see the log)")
+        return errors
+
+    def _hold(self, gen: int, frame: Frame, detections: Detections | None, detector: Detector) -> None:
+        with self._lock:
+            if gen == self._gen:
+                self._held.append((frame, detections, detector, time.monotonic()))
 
     def _hand_on(self, gen: int, force: bool) -> None:
         """Hand the held results to the events thread, in order; unless ``force``, only when the batch is full
@@ -398,20 +435,64 @@ class Loop:
             else:
                 self._hand_on(gen, force=False)
                 detections = detector(frame.image)
-        except DataError as exc:
-            with self._lock:
-                self.counters.bad_frames += 1
-            log.warning("frame %d skipped by the detector: %s", frame.index, exc.problem)
-            return None, True
-        except Exception:
-            with self._lock:
-                self.counters.detector_errors += 1
-            log.exception("detector call failed on frame %d", frame.index)
-            return None, False
+        except Exception as exc:
+            return None, self._failed(frame, exc)
         finally:
             if gen == self._gen:
                 self._busy_since = None
-        done = time.monotonic()
+        self._record_call(frame, started, time.monotonic())
+        return detections, True
+
+    def _submit(self, gen: int, workers: Workers, frame: Frame,
+                flight: collections.deque[tuple[Frame, Future | None, float]]) -> None:
+        """Give ``frame`` to a free worker (or note the motion gate's skip in its place in the order)."""
+        if self.gate is not None and not self.gate.check(frame):
+            with self._lock:
+                self.counters.motion_skipped += 1
+            flight.append((frame, None, time.monotonic()))
+        else:
+            flight.append((frame, workers.submit(frame.image), time.monotonic()))
+            self._busy_since = self._oldest_call(flight)
+        self._hand_on(gen, force=False)
+
+    def _collect(self, gen: int, workers: Detector,
+                 flight: collections.deque[tuple[Frame, Future | None, float]]) -> bool:
+        """Wait for the oldest frame given to the workers and hold its result; False when its call failed."""
+        frame, call, _ = flight[0]
+        detections, ok = None, True
+        if call is not None:
+            try:
+                detections, started, done = call.result()
+            except Exception as exc:
+                ok = self._failed(frame, exc)
+            else:
+                self._record_call(frame, started, done)
+        if gen != self._gen:
+            return True  # abandoned while stuck: the results of this thread's calls are dropped, not counted
+        flight.popleft()
+        self._busy_since = self._oldest_call(flight)
+        if ok:
+            self._hold(gen, frame, detections, workers)
+        return ok
+
+    @staticmethod
+    def _oldest_call(flight: collections.deque[tuple[Frame, Future | None, float]]) -> float | None:
+        """When the oldest call in flight was given (None: none), for the watchdog (``detector_busy_for``)."""
+        return next((given for _, call, given in flight if call is not None), None)
+
+    def _failed(self, frame: Frame, exc: Exception) -> bool:
+        """Count a failed detector call: True for a bad frame (skipped), False for a detector error."""
+        if isinstance(exc, DataError):
+            with self._lock:
+                self.counters.bad_frames += 1
+            log.warning("frame %d skipped by the detector: %s", frame.index, exc.problem)
+            return True
+        with self._lock:
+            self.counters.detector_errors += 1
+        log.error("detector call failed on frame %d", frame.index, exc_info=exc)
+        return False
+
+    def _record_call(self, frame: Frame, started: float, done: float) -> None:
         self._last_call = done - started
         with self._lock:
             self.counters.detected += 1
@@ -420,7 +501,6 @@ class Loop:
         self.detect_latency.add(done - started)
         if self.on_inference is not None:
             self.on_inference(done - started, started - frame.mono)
-        return detections, True
 
     def _put_result(self, frame: Frame, detections: Detections | None, detector: Detector) -> None:
         item = (frame, detections, detector)

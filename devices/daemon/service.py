@@ -41,6 +41,7 @@ from devices.daemon.loop import Detector, FrameObserver, Loop
 from devices.daemon.motion import MotionGate
 from devices.daemon.publisher import Publisher, build_publisher
 from devices.daemon.systemd import Notifier
+from devices.daemon.workers import Workers
 from devices.errors import ConfigError, EdgesightError, ModelFileError, require
 from devices.sources import Source
 from devices.types import Detections, Frame
@@ -105,12 +106,23 @@ class Extension(Protocol):
 
 
 def bundle_detector_factory(cfg: DaemonConfig) -> DetectorFactory:
-    """Opens ``devices.runner.BundleDetector`` (hashes verified on load) with the config's runtime settings."""
+    """Opens ``devices.runner.BundleDetector`` (hashes verified on load) with the config's runtime settings;
+    ``workers`` copies of it in ``devices.daemon.workers.Workers`` when the config asks for more than one."""
 
     def open_detector(path: Path) -> Detector:
         from devices.runner import BundleDetector
 
-        return BundleDetector(path, threads=cfg.threads, runtime=cfg.runtime)
+        if cfg.workers == 1:
+            return BundleDetector(path, threads=cfg.threads, runtime=cfg.runtime)
+        copies: list[BundleDetector] = []
+        try:
+            for _ in range(cfg.workers):
+                copies.append(BundleDetector(path, threads=cfg.threads, runtime=cfg.runtime))
+        except BaseException:
+            for copy in copies:
+                copy.close()
+            raise
+        return Workers(copies)
 
     return open_detector
 

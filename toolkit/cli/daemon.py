@@ -35,7 +35,8 @@ EXIT_CODES_HELP = (
 @click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), help="Append events to this JSONL file.")
 @click.option("--http", "http_addr", metavar="HOST:PORT",
               help="Serve /metrics, /healthz and /api/status here (default 127.0.0.1:8080).")
-@click.option("--threads", type=int, help="Runtime threads (default: every core).")
+@click.option("--threads", type=int, help="Runtime threads of each worker (default: every core).")
+@click.option("--workers", type=int, help="Copies of the model run side by side on successive frames (default 1).")
 @click.option("--camera", help="This camera's name in events and MQTT topics.")
 @click.pass_context
 def run(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
@@ -50,7 +51,8 @@ def run(ctx: click.Context, config_file: Path | None, **flags: Any) -> None:
 
 def run_overrides(bundle: Path | None = None, source: str | None = None, loop: bool | None = None,
                   mqtt: str | None = None, jsonl: Path | None = None, http_addr: str | None = None,
-                  threads: int | None = None, camera: str | None = None) -> dict[str, Any]:
+                  threads: int | None = None, workers: int | None = None,
+                  camera: str | None = None) -> dict[str, Any]:
     """The flags of ``edgesight run`` as config fields (only those given)."""
     fields: dict[str, Any] = {}
     if bundle is not None:
@@ -67,6 +69,8 @@ def run_overrides(bundle: Path | None = None, source: str | None = None, loop: b
         fields["http"] = {"host": host, "port": port}
     if threads is not None:
         fields["threads"] = threads
+    if workers is not None:
+        fields["workers"] = workers
     if camera is not None:
         fields["camera"] = camera
     return fields

@@ -72,7 +72,8 @@ class Profile:
         platform: Userspace of the board's stock OS (wheels are downloaded for it).
         runtimes: Runtimes that fit, the default first.
         source: Camera URI used when the config names none.
-        threads_from_cores: Set ``threads`` to the board's core count when the config leaves it open.
+        threads_from_cores: Set ``threads`` to the board's core count (shared between the ``workers``) when the
+            config leaves it open.
         device_allow: ``DeviceAllow=`` lines: the camera (and accelerator) device groups the unit may open.
         groups: Supplementary groups of the service user (cameras are group ``video``).
         memory_max: ``MemoryMax=`` of the unit.

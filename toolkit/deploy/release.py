@@ -122,8 +122,9 @@ def device_config(config: dict[str, Any], profile: Profile, options: DeployOptio
     """
     runtime = profile.runtime(options.runtime or config.get("runtime"))
     defaults: dict[str, Any] = {"source": {"uri": profile.source}, "runtime": runtime.name}
-    if profile.threads_from_cores:
-        defaults["threads"] = cores
+    if profile.threads_from_cores:  # the cores shared between the workers (a bad value is refused below)
+        workers = config.get("workers", 1)
+        defaults["threads"] = max(1, cores // workers) if isinstance(workers, int) and workers >= 1 else cores
     data = merge(defaults, config)
     data["bundle"] = bundle_path
     state = Path(options.state_dir)
