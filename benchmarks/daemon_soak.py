@@ -85,6 +85,12 @@ def main() -> None:
     args = parser.parse_args()
     # The daemon reads its config from a temporary folder, where a relative path would mean something else.
     args.bundle, args.video = args.bundle.resolve(), args.video.resolve()
+    capture = cv2.VideoCapture(str(args.video))
+    args.loop_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    if args.loop_frames <= 0:  # checked before the run: the tenths are whole loops of the video
+        sys.exit(f"--video {args.video}: OpenCV reads no frame count from it; give a video file it can read "
+                 "(the soak compares whole loops of it)")
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     extra = args.config.read_text() if args.config else ""
@@ -130,9 +136,7 @@ def sample(pid: int, url: str, frames: int) -> list[dict]:
 
 
 def report(args: argparse.Namespace, samples: list[dict], final: dict, code: int, work: Path) -> None:
-    capture = cv2.VideoCapture(str(args.video))
-    loop = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
+    loop = args.loop_frames
     first, last = tenths(args.frames, args.warmup, loop)
     spans = {f"first tenth (frames {first[0]}-{first[1]})": first, f"last tenth (frames {last[0]}-{last[1]})": last}
     rows = {}
