@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -371,3 +372,33 @@ def test_two_workers_give_the_events_of_one(test_bundles: Path, clip: Path, tmp_
         lines = (out / "events.jsonl").read_text().splitlines()
         events.append([{k: v for k, v in json.loads(line).items() if k not in timeless} for line in lines])
     assert len(events[0]) > 5 and events[1] == events[0]
+
+
+def test_a_reload_swaps_the_workers_while_frames_flow(test_bundles: Path, clip: Path, tmp_path: Path) -> None:
+    # Frames from memory always wait for the loop, so a call is in flight at all times: the swap must still
+    # happen, between two calls.
+    capture = cv2.VideoCapture(str(clip))
+    images = [capture.read()[1] for _ in range(60)] * 20
+    capture.release()
+    cfg = _config(test_bundles, clip, tmp_path, workers=2, threads=1)
+    daemon = Daemon(cfg, source=Source(cfg.source, reader_factory=lambda: MemoryReader(images)))
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("code", daemon.run()), daemon=True)
+    runner.start()
+    assert daemon.ready.wait(30)
+    counters = daemon.loop.counters
+    _wait_for(lambda: counters.detected > 20, "frames flowing")
+    assert daemon.reload("a test")["ok"]
+    _wait_for(lambda: counters.detector_swaps == 1, "the new workers swapped in")
+    swapped = counters.detected
+    _wait_for(lambda: counters.detected > swapped + 20, "frames through the new workers")
+    daemon.request_stop("the test is done")
+    runner.join(10)
+    assert result["code"] == ExitCode.OK and counters.detector_errors == 0
+
+
+def _wait_for(condition, what: str, limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -314,15 +314,16 @@ class Loop:
         flight: collections.deque[tuple[Frame, Future | None, float]] = collections.deque()
         try:
             while not self._stop.is_set() and gen == self._gen:
+                # Every worker busy, or a new detector waiting for the calls in flight to end: collect the oldest.
+                if flight and (self._pending is not None or workers is not None and len(flight) >= workers.size):
+                    errors = self._count_errors(errors, self._collect(gen, detector, flight))
+                    continue
                 if not flight:  # a new detector only between calls
                     fresh = self._swap_if_pending(gen, detector)
                     if fresh is not detector:
                         detector = fresh
                         timed = fresh if isinstance(fresh, TimedDetector) else None
                         workers = fresh if isinstance(fresh, Workers) else None
-                if workers is not None and len(flight) >= workers.size:
-                    errors = self._count_errors(errors, self._collect(gen, detector, flight))
-                    continue
                 try:
                     frame = self.source.read(timeout=0.0) if self._held or flight else None
                     if frame is None and flight:  # none waiting: collect the oldest call meanwhile
