@@ -9,8 +9,8 @@ Threads and the bounded queues between them::
   supervisor abandons a thread stuck past ``detect_timeout`` and starts a fresh one with a reopened
   detector (``abandon_detector``). Results are handed on just before the next model call, in small
   batches while frames are waiting (``_hand_on``). Given ``Workers`` (copies of the model, the config's
-  ``workers``), it keeps one call per copy in flight in the workers' threads and holds the results in the
-  order the frames came; a stuck copy loses its frame and those given to the others behind it.
+  ``workers``), it keeps ``Workers.depth`` calls in flight in the workers' threads and holds the results in
+  the order the frames came; a stuck copy loses its frame and those given to the workers behind it.
 * ``events`` turns results into events (``EventPipeline.update``) and hands them to the publisher,
   which returns once they are durable in the spool; then it gives every frame to the observers.
 * ``observers`` (the live view, an annotated-MP4 writer) run in their own thread so that a slow one
@@ -315,7 +315,8 @@ class Loop:
         try:
             while not self._stop.is_set() and gen == self._gen:
                 # Every worker busy, or a new detector waiting for the calls in flight to end: collect the oldest.
-                if flight and (self._pending is not None or workers is not None and len(flight) >= workers.size):
+                full = workers is not None and len(flight) >= workers.depth
+                if flight and (full or self._pending is not None):
                     errors = self._count_errors(errors, self._collect(gen, detector, flight))
                     continue
                 if not flight:  # a new detector only between calls

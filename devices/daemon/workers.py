@@ -40,6 +40,9 @@ class Workers:
             raise ValueError("Workers needs at least one detector")
         self.detectors = tuple(detectors)
         self.size = len(self.detectors)
+        #: Calls the loop keeps in flight: one per copy, and one waiting so that a copy that finishes starts on
+        #: the next frame at once instead of waiting for the loop's thread to give it one.
+        self.depth = self.size + 1
         self.labels = self.detectors[0].labels
         # The bundle, for ``BundleInfo.of`` (a BundleDetector's; absent on detectors that run no bundle).
         self.bundle: Any = getattr(self.detectors[0], "bundle", None)
@@ -52,7 +55,7 @@ class Workers:
         return self._call(frame)[0]
 
     def submit(self, frame: np.ndarray) -> Future[Call]:
-        """Run ``frame`` on a free copy in a pool thread; with ``size`` calls in flight one is always free."""
+        """Run ``frame`` on the first copy free, in a pool thread."""
         return self._pool.submit(self._call, frame)
 
     def _call(self, frame: np.ndarray) -> Call:
