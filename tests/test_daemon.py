@@ -179,6 +179,7 @@ def test_http_api_and_reload_refuses_a_tampered_bundle_and_keeps_running(
     first = process.until(lambda s: s["loop"]["detected"] > 20 and s["health"]["ok"], 30, "frames flowing")
     original = first["bundle"]["sha256"]
     assert first["camera"] == "gate-1" and first["bundle"]["format"] == "tflite"
+    assert (first["bundle"]["workers"], first["bundle"]["threads"]) == (1, None) and first["bundle"]["runtime"]
     assert first["source"]["kind"] == "file" and first["source"]["state"] == "streaming"
     assert process.get("/healthz")[0] == 200
 

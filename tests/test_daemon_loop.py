@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from devices.backends import RUNTIMES
 from devices.daemon.config import DaemonConfig
 from devices.daemon.http import HttpServer, Response, bearer_token_ok
 from devices.daemon.loop import HAND_ON_BATCH, HAND_ON_WAIT, Loop
@@ -370,6 +371,8 @@ def test_two_workers_give_the_events_of_one(test_bundles: Path, clip: Path, tmp_
         daemon = Daemon(cfg)
         assert _run_in_thread(daemon) == ExitCode.OK
         assert daemon.loop.counters.detected == 60 - daemon.loop.counters.motion_skipped
+        shown = daemon.status()["bundle"]  # /api/status says how the model runs
+        assert (shown["workers"], shown["threads"]) == (workers, 1) and shown["runtime"].split()[0] in RUNTIMES
         lines = (out / "events.jsonl").read_text().splitlines()
         events.append([{k: v for k, v in json.loads(line).items() if k not in timeless} for line in lines])
     assert len(events[0]) > 5 and events[1] == events[0]

@@ -79,15 +79,21 @@ class BundleInfo:
     arch: str
     labels: tuple[str, ...]
     loaded_utc: str
+    runtime: str | None = None  # e.g. "ai_edge_litert 2.1.0"; None for a detector that does not say
+    threads: int | None = None  # runtime threads of each copy; None: the runtime chose (every core)
+    workers: int = 1  # copies of the model side by side (the config's ``workers``)
 
     @classmethod
     def of(cls, detector: Any) -> BundleInfo:
         manifest = detector.bundle.manifest
+        copies = getattr(detector, "detectors", (detector,))  # Workers holds its copies; else the one detector
         return cls(
             name=Path(detector.bundle.path).name, path=str(detector.bundle.path),
             sha256=manifest.files[manifest.model_file], format=manifest.format, precision=manifest.precision,
             arch=manifest.arch, labels=tuple(detector.labels),
             loaded_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            runtime=getattr(copies[0], "runtime", None), threads=getattr(copies[0], "threads", None),
+            workers=len(copies),
         )
 
 
