@@ -107,6 +107,53 @@ def test_a_stuck_detector_is_abandoned_and_reopened(test_bundles: Path, clip: Pa
     assert time.monotonic() - started < 30
 
 
+class _HangsThenAnswers(_HangsOnceInTheModel):
+    """Hangs in ``run_model`` on its 10th call; once released, that call answers, or raises when ``fails``."""
+
+    fails = False
+
+    def run_model(self, tensor: np.ndarray):
+        self._count()
+        if self.calls == self.hang_on and self.fails:
+            raise RuntimeError("the driver came back with an error")
+        return self.inner.run_model(tensor)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_abandoned_call_that_comes_back_is_not_counted(test_bundles: Path, clip: Path, tmp_path: Path,
+                                                          fails: bool) -> None:
+    # Its frame is already counted lost; its result, or its error, belongs to no detector that runs.
+    capture = cv2.VideoCapture(str(clip))
+    images = [capture.read()[1] for _ in range(60)] * 40
+    capture.release()
+    cfg = _config(test_bundles, clip, tmp_path, detect_timeout=1.0, motion={"enabled": False})
+    release, real, opened = threading.Event(), bundle_detector_factory(cfg), []
+
+    def open_detector(path: Path) -> _HangsThenAnswers:
+        detector = _HangsThenAnswers(real(path), hang_on=10 if not opened else 0, release=release)
+        detector.fails = fails
+        opened.append(detector)
+        return detector
+
+    daemon = Daemon(cfg, open_detector=open_detector,
+                    source=Source(cfg.source, reader_factory=lambda: MemoryReader(images)))
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.setdefault("code", daemon.run()), daemon=True)
+    runner.start()
+    assert daemon.ready.wait(30)
+    counters = daemon.loop.counters
+    _wait_for(lambda: counters.detector_stalls == 1 and counters.detected > 30, "the stuck call abandoned")
+    (abandoned,) = [t for t in threading.enumerate() if t.name == "detect-1"]
+    release.set()
+    abandoned.join(10)
+    assert not abandoned.is_alive()
+    daemon.request_stop("the test is done")
+    runner.join(10)
+    assert result["code"] == ExitCode.OK
+    assert counters.detector_errors == 0
+    assert counters.detected == counters.processed  # every call counted went on to the events stage
+
+
 class _HangsInOneWorker:
     """Opens ``Workers`` of two real detectors; in the first pair, the first copy hangs on its 5th call."""
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from devices.daemon.workers import Workers
+from devices.daemon.workers import Call, Workers
 from devices.detector import TimedDetector
 from devices.errors import DataError
 from devices.sources import Source, SourceEnded
@@ -429,6 +429,8 @@ class Loop:
             return None, True
         started = time.monotonic()
         self._busy_since = started
+        detections: Detections | None = None
+        failure: Exception | None = None
         try:
             if timed is not None:
                 tensor, placement = timed.prepare(frame.image)
@@ -438,10 +440,12 @@ class Loop:
                 self._hand_on(gen, force=False)
                 detections = detector(frame.image)
         except Exception as exc:
-            return None, self._failed(frame, exc)
-        finally:
-            if gen == self._gen:
-                self._busy_since = None
+            failure = exc
+        if gen != self._gen:
+            return None, True  # abandoned while stuck: its frame is counted lost; its answer or error is dropped
+        self._busy_since = None
+        if failure is not None:
+            return None, self._failed(frame, failure)
         self._record_call(frame, started, time.monotonic())
         return detections, True
 
@@ -461,18 +465,23 @@ class Loop:
                  flight: collections.deque[tuple[Frame, Future | None, float]]) -> bool:
         """Wait for the oldest frame given to the workers and hold its result; False when its call failed."""
         frame, call, _ = flight[0]
-        detections, ok = None, True
+        answer: Call | None = None
+        failure: Exception | None = None
         if call is not None:
             try:
-                detections, started, done = call.result()
+                answer = call.result()
             except Exception as exc:
-                ok = self._failed(frame, exc)
-            else:
-                self._record_call(frame, started, done)
+                failure = exc
         if gen != self._gen:
-            return True  # abandoned while stuck: the results of this thread's calls are dropped, not counted
+            return True  # abandoned while stuck: the answers and errors of this thread's calls are not counted
         flight.popleft()
         self._busy_since = self._oldest_call(flight)
+        detections, ok = None, True
+        if failure is not None:
+            ok = self._failed(frame, failure)
+        elif answer is not None:
+            detections, started, done = answer
+            self._record_call(frame, started, done)
         if ok:
             self._hold(gen, frame, detections, workers)
         return ok
