@@ -261,7 +261,6 @@ def test_recipe_names_a_bad_setting_and_chooses_the_size_after_training() -> Non
 
 def test_your_photos_get_the_recipe_measured_on_your_photos_and_your_settings_still_win(tmp_path: Path) -> None:
     from toolkit.train import recipe
-    from toolkit.train.config import WITH_DATA
 
     mine = [str(tmp_path / "mine.json")]
     plain, yours = recipe(), recipe(data=mine)
@@ -270,7 +269,10 @@ def test_your_photos_get_the_recipe_measured_on_your_photos_and_your_settings_st
         "head", 360, 1.0, 1.0)
     assert recipe(data=mine, train_layers="outputs", min_steps=50).model_dump().items() >= {
         "train_layers": "outputs", "min_steps": 50, "teacher_box_weight": 1.0}.items()
-    assert "fastestdet" not in WITH_DATA and recipe(model="fastestdet", data=mine).train_layers == "auto"
+    fast, fast_yours = recipe(model="fastestdet"), recipe(model="fastestdet", data=mine)
+    assert (fast.train_layers, fast.min_steps, fast.hard_repeat) == ("auto", 120, 1)
+    assert (fast_yours.train_layers, fast_yours.min_steps, fast_yours.hard_repeat) == ("head", 360, 4)
+    assert (fast_yours.distill_weight, fast_yours.lr) == (100.0, 1e-4)  # its own recipe under the one for your photos
     assert (plain.hard_repeat, yours.hard_repeat) == (1, 4)
 
 
