@@ -8,6 +8,11 @@ photos in another set (five Kaggle road-sign photos are also in the Roboflow set
 
     python benchmarks/user_domain.py --mirror ../shared --source roadsign_kaggle_stop --out runs/user-kaggle
     python benchmarks/user_domain.py --mirror ../shared --source coco128 --out runs/user-coco128
+    python benchmarks/user_domain.py --mirror ../shared --source roboflow_stop_signs --camera grey --out DIR
+
+``--camera grey`` plays a monochrome camera (a security camera in night mode, with its IR-cut filter off,
+delivers grey frames): both halves are written as single-channel copies of the photos, so the user's camera
+differs from the colour photos the COCO model learnt from; the bundled sets beside them stay in colour.
 
 Printed: AP@[.5:.95] on the unseen half, per class the user's half labels, for the zero-shot model at its
 pretrained size, at the size the run chose, and best.pt; gains with the noise of a paired bootstrap over the
@@ -17,6 +22,7 @@ unseen photos; and what the run itself reported on the user's validation photos.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,12 +41,35 @@ def halves(samples: list) -> tuple[list, list]:
     return [s for s in samples if first_half(s)], [s for s in samples if not first_half(s)]
 
 
+def grey_copies(samples: list, folder: Path) -> list:
+    """``samples`` with each photo replaced by a single-channel PNG copy under ``folder`` (its path below the
+    photos' common folder kept, so that Roboflow's copies of one photo still share their group)."""
+    import cv2
+    import numpy as np
+
+    from toolkit.data.images import load_image
+
+    root = Path(os.path.commonpath([s.image_path.parent for s in samples]))
+    copies = []
+    for s in samples:
+        path = (folder / s.image_path.relative_to(root)).with_suffix(".png")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            grey = cv2.cvtColor(load_image(s.image_path), cv2.COLOR_BGR2GRAY)
+            if not cv2.imwrite(str(path), np.ascontiguousarray(grey)):
+                raise OSError(f"could not write {path}")
+        copies.append(dataclasses.replace(s, image_path=path))
+    return copies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mirror", required=True)
     parser.add_argument("--source", required=True, help="The bundled set that plays the user's photos.")
     parser.add_argument("--model", default="yolox-nano")
     parser.add_argument("--config", type=Path, help="JSON recipe fields (TrainConfig) on top of the default.")
+    parser.add_argument("--camera", choices=("as-is", "grey"), default="as-is",
+                        help="grey: both halves as a monochrome camera sees them (see above).")
     parser.add_argument("--out", type=Path, default=Path("runs/user_domain"))
     args = parser.parse_args()
     os.environ["EDGESIGHT_MIRROR"] = str(Path(args.mirror).resolve())
@@ -63,6 +92,8 @@ def main() -> None:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     mine, unseen = halves(one_copy_each(load_dataset(args.source)))
+    if args.camera == "grey":
+        mine, unseen = (grey_copies(half, args.out / "grey") for half in (mine, unseen))
     user_json = to_coco(mine, args.out / f"{args.source}-yours.json", TARGET_CLASSES)
     groups = {s.group for s in mine + unseen}
     bundled = [s for name in DEFAULT_DATASETS if name != args.source for s in load_dataset(name)
@@ -88,7 +119,8 @@ def main() -> None:
     rows[f"best.pt ({result.size.weights}, {result.size.size})"] = validate(load_checkpoint(result.best), unseen,
                                                                              args.out)
     labelled = sorted({TARGET_CLASSES[int(c)] for s in mine for c in s.labels})
-    lines = [f"# User-domain experiment: {args.source} halves, {args.model}", "",
+    camera = "" if args.camera == "as-is" else f", a {args.camera} camera"
+    lines = [f"# User-domain experiment: {args.source} halves{camera}, {args.model}", "",
              (f"CPU: {machine()}; your photos: {len(mine)} ({len(own_train)} train / {len(own_val)} validation); "
              f"unseen: {len(unseen)}; bundled: {len(bundled_train)} train / {len(bundled_val)} validation; "
              f"recipe: {json.dumps(fields)}"), "",

@@ -343,3 +343,25 @@ def test_bundle_report_says_which_model_to_deploy_and_why() -> None:
     stock = {**training, "input_size": {**training["input_size"], "weights": "zero-shot"}}
     assert "is the stock COCO model" in "\n".join(_report_training(SimpleNamespace(training=stock)))
     assert _report_training(SimpleNamespace(training=None)) == []
+
+
+def test_user_domain_grey_camera_copies_keep_each_photo_its_boxes_and_group(mirror: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        from user_domain import grey_copies
+    finally:
+        sys.path.pop(0)
+    from toolkit.data.sample import photo_name
+    from toolkit.data.sets import load_dataset
+
+    photos = load_dataset("roboflow_stop_signs", str(mirror))[:3]
+    copies = grey_copies(photos, tmp_path / "grey")
+    for photo, copy in zip(photos, copies, strict=True):
+        assert copy.image_path.suffix == ".png" and copy.image_path.is_relative_to(tmp_path / "grey")
+        assert (copy.group, copy.width, copy.height) == (photo.group, photo.width, photo.height)
+        assert np.array_equal(copy.boxes, photo.boxes) and np.array_equal(copy.labels, photo.labels)
+        assert photo_name(copy.image_path) == photo_name(photo.image_path)  # Roboflow's copies still one photo
+        image = load_image(copy.image_path)
+        assert image.shape == (photo.height, photo.width, 3)
+        assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+        assert not (load_image(photo.image_path)[..., 0] == load_image(photo.image_path)[..., 2]).all()
