@@ -5,6 +5,7 @@ datagram socket."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -453,3 +454,24 @@ def _wait_for(condition, what: str, limit: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def test_a_signal_while_the_supervisor_holds_the_stop_events_lock_is_not_a_deadlock(test_bundles: Path, clip: Path,
+                                                                                   tmp_path: Path) -> None:
+    # A handler runs between two bytecodes of the main thread, which may then be inside Event.wait() holding the
+    # event's lock. Play that: hold the locks and deliver the signals; the handler must return at once, and the
+    # supervisor's next tick must act on them.
+    daemon = Daemon(_config(test_bundles, clip, tmp_path))
+
+    def deliver() -> None:
+        with daemon._stop._cond, daemon._reload_requested._cond:
+            daemon._on_signal(signal.SIGHUP, None)
+            daemon._on_signal(signal.SIGTERM, None)
+
+    handler = threading.Thread(target=deliver, daemon=True)
+    handler.start()
+    handler.join(5)
+    assert not handler.is_alive(), "the signal handler waited on a lock its own thread holds"
+    assert not daemon._stop.is_set()
+    daemon._take_signals()
+    assert daemon._reload_requested.is_set() and daemon._stop.is_set() and daemon._stop_reason == "SIGTERM"

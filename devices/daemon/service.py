@@ -175,6 +175,8 @@ class Daemon:
         self._stop = threading.Event()
         self._stop_reason = ""
         self._reload_requested = threading.Event()
+        #: Signals received and not yet acted on (appended by the handler, taken by the supervisor).
+        self._signals: list[int] = []
         self._reload_lock = threading.Lock()
         self._bundle_signature: tuple | None = None
         self._refused_signature: tuple | None = None
@@ -276,7 +278,8 @@ class Daemon:
         next_status = time.monotonic()
         watchdog = _WatchdogPinger(self.notifier)
         while not self._stop.wait(TICK):
-            if loop.done:
+            self._take_signals()
+            if self._stop.is_set() or loop.done:
                 break
             if loop.detector_busy_for() > self.cfg.detect_timeout:
                 self._replace_stuck_detector(loop)
@@ -431,9 +434,23 @@ class Daemon:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # embedded in a test or another program: the caller stops it with request_stop()
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
-        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Python runs a handler in the main thread between two bytecodes, and that can be inside Event.wait()
+        # while the thread holds the event's lock: Event.set() here would wait on its own thread forever (a
+        # SIGTERM that never stopped the daemon, once in CI). So the handler takes no lock; the supervisor acts
+        # on the signal within a TICK.
+        self._signals.append(signum)
+
+    def _take_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.request_stop(signal.Signals(signum).name)
 
     # --- HTTP ----------------------------------------------------------------------------------------------
 
